@@ -1,0 +1,217 @@
+"""Flax layers that train under a learning rule, and a converter for unmodified Flax models.
+
+`Dense` and `Conv` are `flax.linen.Dense` / `flax.linen.Conv` with one more argument, `rule`. They
+inject the feedback primitive through Flax's own injection points (`dot_general`,
+`conv_general_dilated`), so every other argument behaves exactly as in Flax.
+
+How the primitive finds its layer: the layer pushes (module, rule) on a trace-time stack around
+the Flax call; the injected primitive reads the top of the stack, asks the rule for B (creating
+feedback variables in the layer's scope) and calls the custom-VJP primitive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from fajax import rules as rules_lib
+from fajax.primitives import feedback_conv_general_dilated, feedback_dot_general
+
+_STATE = threading.local()
+DELTAS = "perturbations"  # Flax collection through which layer output cotangents are read.
+FEEDBACK_MATRICES = "feedback_matrices"  # Flax collection where capture_feedback() sows B.
+
+
+def _stack():
+  if not hasattr(_STATE, "stack"):
+    _STATE.stack = []
+  return _STATE.stack
+
+
+@contextlib.contextmanager
+def _bound(module, rule):
+  _stack().append((module, rule))
+  try:
+    yield
+  finally:
+    _stack().pop()
+
+
+def _current():
+  if not _stack():
+    raise RuntimeError("fajax's injected primitive was called outside a fajax layer.")
+  return _stack()[-1]
+
+
+@contextlib.contextmanager
+def _flag(name):
+  previous = getattr(_STATE, name, False)
+  setattr(_STATE, name, True)
+  try:
+    yield
+  finally:
+    setattr(_STATE, name, previous)
+
+
+def capture_deltas():
+  """Within this context every fajax layer exposes its output as the perturbation `delta`.
+
+  Apply a model inside it with a `perturbations` collection of zeros (from `init` inside the same
+  context) and the gradient with respect to `perturbations` is each layer's output cotangent
+  (the delta the rule propagated into the layer). Used by the alignment diagnostics.
+  """
+  return _flag("capture_deltas")
+
+
+def capture_feedback():
+  """Within this context every fajax layer sows its B into the collection `feedback_matrices`.
+
+  Apply with `mutable=["feedback_matrices"]` to read, per layer, `B` (W itself for bp, zeros for
+  "no feedback"). Used by tests and the alignment diagnostics.
+  """
+  return _flag("capture_feedback")
+
+
+def _feedback_for(module, rule, kernel):
+  """The rule's feedback for this layer, sown for inspection when capture_feedback is on."""
+  fb = rule.feedback(module, kernel)
+  if getattr(_STATE, "capture_feedback", False):
+    b = kernel if fb is None else (jnp.zeros_like(kernel) if isinstance(fb, str) else fb)
+    module.sow(FEEDBACK_MATRICES, "B", b, reduce_fn=lambda _, new: new, init_fn=lambda: None)
+  return fb
+
+
+def _dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  module, rule = _current()
+  return feedback_dot_general(
+    lhs, rhs, _feedback_for(module, rule, rhs), dimension_numbers, precision, preferred_element_type
+  )
+
+
+def _conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  batch_group_count=1,
+  precision=None,
+  preferred_element_type=None,
+):
+  module, rule = _current()
+  return feedback_conv_general_dilated(
+    lhs,
+    rhs,
+    _feedback_for(module, rule, rhs),
+    window_strides=window_strides,
+    padding=padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    batch_group_count=batch_group_count,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
+
+
+def _run_under_rule(module, rule_spec, call, inputs, *args, **kwargs):
+  """Runs a Dense/Conv call under its resolved rule, with the rule's hooks around it."""
+  rule = rules_lib.resolve(rule_spec, rules_lib.module_path(module))
+  x = rule.input_hook(module, inputs)
+  with _bound(module, rule):
+    y = call(x, *args, **kwargs)
+  y = rule.output_hook(module, y)
+  if getattr(_STATE, "capture_deltas", False):
+    y = module.perturb("delta", y, collection=DELTAS)
+  return y
+
+
+class Dense(nn.Dense):
+  """`flax.linen.Dense` trained under `rule` (a name, a `fajax.rules.Rule`, or None for bp)."""
+
+  rule: Any = None
+  dot_general: Any = _dot_general
+
+  @nn.compact
+  def __call__(self, inputs):
+    return _run_under_rule(self, self.rule, super().__call__, inputs)
+
+
+class Conv(nn.Conv):
+  """`flax.linen.Conv` trained under `rule` (a name, a `fajax.rules.Rule`, or None for bp).
+
+  Only shared-weight convolutions (`shared_weights=True`, Flax's default) take a feedback rule.
+  """
+
+  rule: Any = None
+  conv_general_dilated: Any = _conv_general_dilated
+
+  @nn.compact
+  def __call__(self, inputs):
+    if not self.shared_weights:
+      raise ValueError("fajax.layers.Conv supports shared_weights=True only; use nn.ConvLocal.")
+    return _run_under_rule(self, self.rule, super().__call__, inputs)
+
+
+def _interceptor(rule_spec):
+  """A Flax method interceptor that runs plain nn.Dense / nn.Conv calls under `rule_spec`."""
+
+  def intercept(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name != "__call__" or isinstance(module, Dense | Conv):
+      return next_fun(*args, **kwargs)
+    if isinstance(module, nn.Dense):
+      attr, fn = "dot_general", _dot_general
+    elif isinstance(module, nn.Conv) and module.shared_weights:
+      attr, fn = "conv_general_dilated", _conv_general_dilated
+    else:
+      return next_fun(*args, **kwargs)
+    if getattr(module, attr) is not None or getattr(module, attr + "_cls") is not None:
+      raise ValueError(
+        f"Layer '{rules_lib.module_path(module)}' already injects its own {attr}; "
+        "fajax.convert cannot combine it with a feedback rule."
+      )
+    # The bound module is a per-call clone, so setting the injection point here is local to this
+    # call; Flax modules are frozen dataclasses, hence object.__setattr__.
+    object.__setattr__(module, attr, fn)
+    try:
+      return _run_under_rule(module, rule_spec, next_fun, *args, **kwargs)
+    finally:
+      object.__setattr__(module, attr, None)
+
+  return intercept
+
+
+class Converted(nn.Module):
+  """An unmodified Flax model whose nn.Dense / nn.Conv layers train under `rule`.
+
+  Shares its scope with the wrapped module, so variables keep the paths the plain model has
+  (plain checkpoints load as they are), plus the `feedback` collection the rule needs.
+  """
+
+  module: nn.Module
+  rule: Any = None
+
+  def setup(self):
+    nn.share_scope(self, self.module)
+
+  def __call__(self, *args, **kwargs):
+    with nn.intercept_methods(_interceptor(self.rule)):
+      return self.module(*args, **kwargs)
+
+
+def convert(module: nn.Module, rule: Any = "bp", **rule_options) -> Converted:
+  """Runs an unmodified Flax model that uses nn.Dense / nn.Conv under a learning rule.
+
+  model = fajax.convert(MyNet(), "usf", scale="sn")
+  variables = model.init(rng, x)          # {'params': ..., 'feedback': ...}
+  """
+  return Converted(module=module, rule=rules_lib.get(rule, **rule_options))
