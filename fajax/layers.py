@@ -76,6 +76,15 @@ def capture_feedback():
   return _flag("capture_feedback")
 
 
+def force_backprop():
+  """Within this context every fajax layer uses bp (B = W), whatever its rule says.
+
+  Tracing a loss inside it gives the true backprop gradient of the same model on the same batch;
+  the alignment diagnostics compare the rule's update against it. Direct-feedback hooks are off.
+  """
+  return _flag("force_backprop")
+
+
 def _feedback_for(module, rule, kernel):
   """The rule's feedback for this layer, sown for inspection when capture_feedback is on."""
   fb = rule.feedback(module, kernel)
@@ -124,7 +133,10 @@ def _conv_general_dilated(
 
 def _run_under_rule(module, rule_spec, call, inputs, *args, **kwargs):
   """Runs a Dense/Conv call under its resolved rule, with the rule's hooks around it."""
-  rule = rules_lib.resolve(rule_spec, rules_lib.module_path(module))
+  if getattr(_STATE, "force_backprop", False):
+    rule = rules_lib.get("bp")
+  else:
+    rule = rules_lib.resolve(rule_spec, rules_lib.module_path(module))
   x = rule.input_hook(module, inputs)
   with _bound(module, rule):
     y = call(x, *args, **kwargs)

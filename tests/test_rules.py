@@ -355,3 +355,17 @@ class CNNLike(nn.Module):
   def __call__(self, x):
     x = nn.relu(fajax.Conv(4, (3, 3), strides=2, rule="fa")(x)).reshape(x.shape[0], -1)
     return fajax.Dense(3, rule="fa")(x)
+
+
+def test_force_backprop_gives_true_gradient():
+  x, _ = _data()
+  fa_model = MLP(rule="fa")
+  variables = fa_model.init(jax.random.key(1), x)
+  loss = lambda m: lambda p: jnp.sum(m.apply({**variables, "params": p}, x) ** 2)
+  with layers.force_backprop():
+    g_forced = jax.grad(loss(fa_model))(variables["params"])
+  g_bp = jax.grad(loss(MLP(rule="bp")))(variables["params"])
+  g_fa = jax.grad(loss(fa_model))(variables["params"])
+  for a, b in zip(jax.tree.leaves(g_forced), jax.tree.leaves(g_bp), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert not np.allclose(g_fa["Dense_0"]["kernel"], g_bp["Dense_0"]["kernel"])
