@@ -1,0 +1,29 @@
+"""The trainer: `train_and_evaluate(config, workdir)`, `dry_run(config)` and the config they take.
+
+    config = fajax.train.default_config()
+    config.rule = "usf"
+    state = fajax.train.train_and_evaluate(config, "/tmp/run")
+
+Modules, one job each: config (fields, defaults, validation), state (TrainState), optim (optax
+chain), mesh (device mesh and shardings), step (pure train/eval steps and their jit), build
+(config -> model, optimizer, mesh, jitted steps), checkpoint (orbax), metrics (jsonl,
+TensorBoard, progress bar), loop (train_and_evaluate), dry_run (compile-only memory and FLOPs
+report). Importing this package does not import orbax or TensorBoard; they load when a run starts.
+See docs/training.md.
+"""
+
+from fajax.train.config import default_config, validate
+from fajax.train.dry_run import dry_run, format_report
+from fajax.train.loop import NonFiniteLossError, evaluate, train_and_evaluate
+from fajax.train.state import TrainState
+
+__all__ = [
+  "NonFiniteLossError",
+  "TrainState",
+  "default_config",
+  "dry_run",
+  "evaluate",
+  "format_report",
+  "train_and_evaluate",
+  "validate",
+]

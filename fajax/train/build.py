@@ -1,0 +1,188 @@
+"""Assembles a run from a config: dataset info, model, rule, optimizer, mesh and jitted steps.
+
+Shared by the training loop and the dry run, so both compile exactly the same step. Nothing here
+allocates the state: `abstract_state` comes from `jax.eval_shape`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fajax import rules as rules_lib
+from fajax.train import config as config_lib
+from fajax.train import mesh as mesh_lib
+from fajax.train import optim
+from fajax.train import state as state_lib
+from fajax.train import step as step_lib
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything derived from a config that the loop and the dry run need."""
+
+  config: Any
+  data: Any  # The dataset provider: fajax.data or an injected stand-in with .info and .get.
+  info: Any  # DatasetInfo.
+  num_steps: int
+  mesh: Any
+  model: nn.Module
+  rule: rules_lib.Rule
+  schedule: Any
+  tx: Any
+  init: Any  # jitted: uint32[2] key -> sharded TrainState.
+  abstract_state: Any  # ShapeDtypeStructs with shardings.
+  state_sharding: Any
+  batch_sharding: Any
+  train_step: Any  # jitted, donated.
+  diagnostics_step: Any  # jitted with alignment diagnostics (None when diagnostics_every == 0).
+  eval_step: Any
+  process_batch: int  # Train rows read by this process per step.
+  process_eval_batch: int
+
+  def abstract_batch(self, train: bool = True) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes, dtypes and shardings of one global train (or eval) batch."""
+    n = self.config.batch_size if train else eval_batch_size(self.config)
+    s = self.batch_sharding
+    batch = {
+      "image": jax.ShapeDtypeStruct((n, *self.info.image_shape), jnp.float32, sharding=s),
+      "label": jax.ShapeDtypeStruct((n,), jnp.int32, sharding=s),
+    }
+    if not train:
+      batch["mask"] = jax.ShapeDtypeStruct((n,), jnp.float32, sharding=s)
+    return batch
+
+
+def eval_batch_size(config) -> int:
+  return config.eval_batch_size or config.batch_size
+
+
+def make_rule(config) -> rules_lib.Rule:
+  return rules_lib.get(config.rule, **dict(config.rule_options), overrides=dict(config.overrides))
+
+
+def make_model(config, info, rule, model=None) -> nn.Module:
+  """The registry model (fajax.models.get), or `model` (a Module, or a factory like models.get)."""
+  kwargs = dict(num_classes=info.num_classes, rule=rule, dtype=DTYPES[config.dtype])
+  kwargs.update(dict(config.model_options))
+  if model is None:
+    from fajax import models  # Imported on use: the registry pulls in every architecture.
+
+    return models.get(config.model, **kwargs)
+  if isinstance(model, nn.Module):
+    return model
+  return model(**kwargs)
+
+
+def _check_divisible(field, value, parts, what):
+  if value % parts:
+    raise ValueError(
+      f"config.{field} = {value} is not valid; it must divide evenly over {parts} {what}."
+    )
+
+
+def _check_feedback_budget(config, abstract_state):
+  budget = config.feedback_memory_budget_gb
+  if budget is None:
+    return
+  need = state_lib.num_bytes(abstract_state.feedback) / 1e9
+  if need > budget:
+    raise ValueError(
+      f"config.feedback_memory_budget_gb = {budget} is too small; the feedback collection of "
+      f"rule {config.rule!r} needs {need:.3f} GB: raise the budget or choose a lighter rule."
+    )
+
+
+def build(config, *, model=None, dataset=None, devices=None) -> Experiment:
+  """Validates `config` and assembles the run (no compilation, no state allocation).
+
+  Args:
+    config: a trainer config (see `fajax.train.default_config`).
+    model: None (fajax.models registry), a Flax Module, or a factory called like
+      `fajax.models.get` minus the name (num_classes=, rule=, dtype=, **model_options).
+    dataset: None (fajax.data), or an object with `info(name, **options)` and
+      `get(name, split, batch_size, *, seed, data_dir, start_step, **options)` like fajax.data.
+    devices: the devices of the mesh (default jax.devices()).
+  """
+  config_lib.validate(config, check_dataset=dataset is None, check_model=model is None)
+  if dataset is None:
+    from fajax import data as dataset
+  info = dataset.info(config.dataset, **dict(config.dataset_options))
+  num_steps = config_lib.num_steps(config, info.num_train)
+  if config.warmup_steps >= num_steps:
+    raise ValueError(
+      f"config.warmup_steps = {config.warmup_steps} is not valid; use fewer than the "
+      f"{num_steps} training steps."
+    )
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  data_parts = mesh.shape["data"]
+  processes = jax.process_count()
+  _check_divisible("batch_size", config.batch_size, data_parts, "devices of the mesh axis 'data'")
+  _check_divisible("batch_size", config.batch_size, processes, "processes")
+  _check_divisible(
+    "eval_batch_size", eval_batch_size(config), data_parts, "devices of the mesh axis 'data'"
+  )
+  _check_divisible("eval_batch_size", eval_batch_size(config), processes, "processes")
+
+  rule = make_rule(config)
+  module = make_model(config, info, rule, model)
+  schedule = optim.make_schedule(config, num_steps)
+  tx = optim.make_optimizer(config, schedule)
+  dtype = DTYPES[config.dtype]
+
+  def init_fn(rng):
+    params_key, dropout_key, feedback_key, state_key = jax.random.split(rng, 4)
+    dummy = jnp.zeros((1, *info.image_shape), dtype)
+    rngs = {"params": params_key, "dropout": dropout_key, rules_lib.FEEDBACK_RNG: feedback_key}
+    variables = module.init(rngs, dummy, train=False)
+    return state_lib.create(variables, tx, state_key)
+
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  shapes = jax.eval_shape(init_fn, key)
+  state_sharding = mesh_lib.state_sharding(mesh, shapes)
+  abstract_state = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, state_sharding
+  )
+  _check_feedback_budget(config, abstract_state)
+  replicated = mesh_lib.replicated(mesh)
+  batch_sharding = mesh_lib.batch_sharding(mesh)
+  common = dict(
+    model=module,
+    tx=tx,
+    schedule=schedule,
+    rule=rule,
+    weight_decay=float(config.weight_decay),
+    on_nan=config.on_nan,
+  )
+  train_step = step_lib.jit_train_step(state_sharding, batch_sharding, replicated, **common)
+  diagnostics_step = None
+  if config.diagnostics_every:
+    diagnostics_step = step_lib.jit_train_step(
+      state_sharding, batch_sharding, replicated, diagnostics=True, **common
+    )
+  return Experiment(
+    config=config,
+    data=dataset,
+    info=info,
+    num_steps=num_steps,
+    mesh=mesh,
+    model=module,
+    rule=rule,
+    schedule=schedule,
+    tx=tx,
+    init=jax.jit(init_fn, out_shardings=state_sharding),
+    abstract_state=abstract_state,
+    state_sharding=state_sharding,
+    batch_sharding=batch_sharding,
+    train_step=train_step,
+    diagnostics_step=diagnostics_step,
+    eval_step=step_lib.jit_eval_step(state_sharding, batch_sharding, replicated, model=module),
+    process_batch=config.batch_size // processes,
+    process_eval_batch=eval_batch_size(config) // processes,
+  )

@@ -1,0 +1,111 @@
+"""Checkpoints of the TrainState with orbax: async saves, keep the newest K, resume from the newest
+valid one.
+
+A checkpoint holds the whole state (params, feedback, batch stats, optimizer state, step, rng,
+counters) and a small JSON `meta` item (step, data position, config). The data position is the
+step: training batch k is a pure function of (seed, k), so resuming at step k reads exactly the
+batches an uninterrupted run would have read.
+
+Orbax writes each checkpoint to a temporary directory and renames it when complete, so a run
+killed mid-save leaves no half checkpoint under a step name. A step directory that still fails to
+restore (a damaged disk, a truncated copy) is moved aside to `<workdir>/corrupt_checkpoints/` with
+a warning, and the previous step is tried.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Any
+
+import orbax.checkpoint as ocp
+from absl import logging
+
+_CORRUPT_DIR = "corrupt_checkpoints"
+
+
+class Checkpointer:
+  """Saves and restores TrainStates in `directory` (created if needed)."""
+
+  def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    self._options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+    )
+    self._manager = self._open()
+    self.save_seconds: list[float] = []  # Blocking time of each save call (for benchmarks).
+
+  def _open(self):
+    return ocp.CheckpointManager(
+      self.directory, options=self._options, item_names=("state", "meta")
+    )
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def save(self, step: int, state, meta: dict[str, Any]) -> None:
+    """Starts saving `state` as `step` (in the background when async); returns quickly."""
+    start = time.perf_counter()
+    self._manager.save(
+      int(step),
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+      force=True,
+    )
+    self.save_seconds.append(time.perf_counter() - start)
+
+  def wait(self) -> None:
+    """Blocks until every pending save is on disk."""
+    self._manager.wait_until_finished()
+
+  def restore_latest(self, abstract_state) -> tuple[Any, dict[str, Any]] | None:
+    """(state, meta) of the newest checkpoint that restores, or None when there is none.
+
+    `abstract_state` gives shapes, dtypes and shardings of the result (so a run can resume on
+    another mesh). A checkpoint that fails to restore is moved aside with a warning.
+    """
+    for step in reversed(self.all_steps()):
+      try:
+        restored = self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+          ),
+        )
+      except Exception as e:  # Orbax raises many types for damaged files; all mean "unusable".
+        self._set_aside(step, e)
+        continue
+      return restored["state"], dict(restored["meta"] or {})
+    return None
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    """Moves an unreadable step out of the checkpoint directory, so it is neither retried nor
+    overwritten, and reopens the manager."""
+    name = f"{step}-{int(time.time())}"
+    target = os.path.join(os.path.dirname(self.directory), _CORRUPT_DIR, name)
+    message = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+    logging.warning(
+      "Checkpoint step %d in %s cannot be restored (%s: %s); moved to %s, trying the previous one.",
+      step,
+      self.directory,
+      type(error).__name__,
+      message,
+      target,
+    )
+    source = os.path.join(self.directory, str(step))
+    import jax
+
+    if jax.process_index() == 0 and os.path.exists(source):
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(source, target)
+    self._manager.close()
+    self._manager = self._open()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the manager."""
+    self._manager.wait_until_finished()
+    self._manager.close()

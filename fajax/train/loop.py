@@ -1,0 +1,236 @@
+"""`train_and_evaluate(config, workdir)`: the training loop behind launcher, tests and notebooks.
+
+Sections of one run, in order: validate and assemble (nothing compiled yet); resume from the
+newest valid checkpoint or initialise; train, logging every `log_every` steps, evaluating every
+`eval_every`, saving every `checkpoint_every`; at the end evaluate, save and wait for the saves.
+
+Step numbering: "step s" in logs, metrics and checkpoints means "after s updates"; the train
+record at step s describes the batch of update s (batch index s - 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from fajax.train import build as build_lib
+from fajax.train import state as state_lib
+
+CHECKPOINT_DIR = "checkpoints"
+
+Callback = Callable[[int, Any, dict[str, Any]], None]
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or infinite and config.on_nan is 'stop'."""
+
+
+def _global_batches(batches, sharding):
+  """Process-local numpy batches -> global jax Arrays sharded over the mesh's 'data' axis."""
+  for batch in batches:
+    yield {
+      k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+    }
+
+
+def _train_batches(exp: build_lib.Experiment, start_step: int):
+  config = exp.config
+  local = exp.data.get(
+    config.dataset,
+    "train",
+    exp.process_batch,
+    seed=config.seed,
+    data_dir=config.data_dir,
+    start_step=start_step,
+    **dict(config.dataset_options),
+  )
+  return _global_batches(local, exp.batch_sharding)
+
+
+def evaluate(exp: build_lib.Experiment, state) -> dict[str, float]:
+  """Loss and exact top-1 error over the whole test split (padding masked out)."""
+  config = exp.config
+  local = exp.data.get(
+    config.dataset,
+    "test",
+    exp.process_eval_batch,
+    seed=config.seed,
+    data_dir=config.data_dir,
+    **dict(config.dataset_options),
+  )
+  outputs = [exp.eval_step(state, batch) for batch in _global_batches(local, exp.batch_sharding)]
+  outputs = jax.device_get(outputs)
+  count = sum(int(o["count"]) for o in outputs)
+  if count == 0:
+    raise ValueError(f"The test split of config.dataset = {config.dataset!r} is empty.")
+  loss = sum(float(o["loss_sum"]) for o in outputs) / count
+  errors = sum(int(o["errors"]) for o in outputs)
+  return {"loss": loss, "top1_error": errors / count, "num_examples": count}
+
+
+def _write_run_files(workdir: str, exp: build_lib.Experiment) -> None:
+  """config.json (the config as given) and run.json (what it resolved to on this machine)."""
+  if jax.process_index() != 0:
+    return
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(exp.config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  abstract = exp.abstract_state
+  run = {
+    "num_steps": exp.num_steps,
+    "mesh": dict(exp.mesh.shape),
+    "devices": [str(d) for d in exp.mesh.devices.flat],
+    "process_count": jax.process_count(),
+    "rule": exp.rule.describe(),
+    "dataset": {
+      "name": exp.info.name,
+      "num_classes": exp.info.num_classes,
+      "image_shape": list(exp.info.image_shape),
+      "num_train": exp.info.num_train,
+      "num_test": exp.info.num_test,
+    },
+    "num_params": sum(int(x.size) for x in jax.tree.leaves(abstract.params)),
+    "feedback_bytes": state_lib.num_bytes(abstract.feedback),
+    "jax": jax.__version__,
+    "host": platform.node(),
+  }
+  with open(os.path.join(workdir, "run.json"), "w") as f:
+    json.dump(run, f, indent=2, sort_keys=True)
+    f.write("\n")
+
+
+def _initialize_distributed() -> None:
+  if not jax.distributed.is_initialized():
+    jax.distributed.initialize()
+
+
+def train_and_evaluate(
+  config,
+  workdir: str,
+  *,
+  model=None,
+  dataset=None,
+  callbacks: Sequence[Callback] = (),
+):
+  """Trains and evaluates the model `config` describes, resuming from `workdir` if it has a run.
+
+  Writes to `workdir`: checkpoints/ (orbax), metrics.jsonl, tensorboard/ (event files),
+  config.json and run.json. A run killed at any moment and started again with the same config and
+  workdir ends with exactly the parameters of an uninterrupted run.
+
+  Args:
+    config: a trainer config; start from `fajax.train.default_config()` (fields documented there).
+    workdir: the run directory (created if needed).
+    model: optional stand-in for the model registry (tests, notebooks): a Flax Module, or a
+      factory called like `fajax.models.get` minus the name. The config's rule still drives the
+      Kolen-Pollack feedback update, so build the module with the same rule.
+    dataset: optional stand-in for `fajax.data` (an object with its `info` and `get`).
+    callbacks: functions `f(step, state, metrics)` called after every step (metrics may still be
+      device arrays; do not keep `state`, the next step donates it).
+
+  Returns:
+    The final TrainState.
+
+  Raises:
+    ValueError: an invalid config value, before anything is compiled.
+    NonFiniteLossError: the loss became non-finite and config.on_nan is 'stop'; the last good
+      state is saved as a checkpoint first.
+  """
+  if config.distributed:
+    _initialize_distributed()
+  exp = build_lib.build(config, model=model, dataset=dataset)
+  from fajax.train import checkpoint as checkpoint_lib  # Lazy: orbax is heavy to import.
+  from fajax.train import metrics as metrics_lib
+
+  workdir = os.path.abspath(os.fspath(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  ckpt = checkpoint_lib.Checkpointer(
+    os.path.join(workdir, CHECKPOINT_DIR),
+    keep=config.keep_checkpoints,
+    async_save=config.checkpoint_async,
+  )
+  restored = ckpt.restore_latest(exp.abstract_state)
+  if restored is None:
+    state = exp.init(jax.random.PRNGKey(config.seed))
+    start = 0
+  else:
+    state, meta = restored
+    start = int(meta.get("step", int(state.step)))
+    logging.info("Resumed from step %d of %s.", start, ckpt.directory)
+  _write_run_files(workdir, exp)
+  writer = metrics_lib.MetricWriter(workdir, start_step=start)
+  progress = metrics_lib.Progress(exp.num_steps, start, config.progress_bar)
+  meta = {"config": json.loads(config.to_json_best_effort())}
+
+  def save(step, state):
+    ckpt.save(step, state, {**meta, "step": int(step), "data_position": int(step)})
+
+  try:
+    batches = _train_batches(exp, start)
+    timer_start, timer_step = time.perf_counter(), start
+    for step in range(start, exp.num_steps):
+      s = step + 1
+      diagnose = bool(config.diagnostics_every) and s % config.diagnostics_every == 0
+      train_step = exp.diagnostics_step if diagnose else exp.train_step
+      state, metrics = train_step(state, next(batches))
+      if step == start:  # The first step includes compilation: time the others only.
+        jax.block_until_ready(metrics)
+        first = time.perf_counter() - timer_start
+        logging.info("Compiled and ran the first step in %.1f s.", first)
+        timer_start, timer_step = time.perf_counter(), s
+      last = s == exp.num_steps
+      log_now = (config.log_every and s % config.log_every == 0) or diagnose or last
+      eval_now = (config.eval_every and s % config.eval_every == 0) or last
+      save_now = (config.checkpoint_every and s % config.checkpoint_every == 0) or last
+      postfix = {}
+      if log_now or eval_now or save_now:
+        metrics = jax.device_get(metrics)
+        _stop_if_nonfinite(metrics, state, ckpt, save, config)
+      if log_now:
+        elapsed, steps = time.perf_counter() - timer_start, max(s - timer_step, 1)
+        record = {k: v for k, v in metrics.items() if k != "nonfinite_step"}
+        if config.on_nan != "skip":
+          record.pop("skipped_steps", None)
+        record["step_time"] = elapsed / steps
+        record["images_per_sec"] = config.batch_size * steps / max(elapsed, 1e-9)
+        writer.write(s, "train", record)
+        postfix = {"loss": float(metrics["loss"])}
+      if eval_now:
+        writer.write(s, "test", evaluate(exp, state))
+      if log_now or eval_now:
+        writer.flush()  # Before the checkpoint: a checkpoint at s implies the records up to s.
+      if save_now:
+        save(s, state)
+      progress.update(1, **postfix)
+      for callback in callbacks:
+        callback(s, state, metrics)
+      if log_now or eval_now or save_now:
+        timer_start, timer_step = time.perf_counter(), s
+  finally:
+    progress.close()
+    writer.close()
+    ckpt.close()
+  return state
+
+
+def _stop_if_nonfinite(metrics, state, ckpt, save, config) -> None:
+  """Raises NonFiniteLossError (after saving the last good state) when a loss went non-finite."""
+  bad = int(metrics["nonfinite_step"])
+  if bad < 0:
+    return
+  # Updates froze at the first bad step, so `state` is the good state after `bad` updates.
+  ckpt.wait()
+  if ckpt.latest_step() != bad:
+    save(bad, state)
+    ckpt.wait()
+  raise NonFiniteLossError(
+    f"Loss became non-finite at step {bad + 1}; the last good checkpoint (step {bad}) is in "
+    f"{ckpt.directory}; lower the learning rate or set config.on_nan='skip'."
+  )

@@ -1,0 +1,124 @@
+"""Metric writers: `<workdir>/metrics.jsonl`, TensorBoard event files, and a progress bar.
+
+metrics.jsonl has one JSON object per logged step and split:
+  {"step": 100, "split": "train", "loss": ..., "top1_error": ..., "learning_rate": ..., ...}
+Only process 0 writes. On resume from step k the lines after k (written by the interrupted run
+after its last checkpoint) are dropped, so the file of a resumed run equals that of an
+uninterrupted one, except for the wall-clock fields in TIMING_KEYS.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any
+
+import jax
+
+TIMING_KEYS = ("step_time", "images_per_sec")
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def _scalar(value) -> float | int:
+  value = value.item() if hasattr(value, "item") else value
+  return value if isinstance(value, int) and not isinstance(value, bool) else float(value)
+
+
+def read_jsonl(path: str, *, drop_timing: bool = False) -> list[dict[str, Any]]:
+  """The records of a metrics.jsonl file (without the timing fields when `drop_timing`)."""
+  records = []
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        record = json.loads(line)
+        if drop_timing:
+          record = {k: v for k, v in record.items() if k not in TIMING_KEYS}
+        records.append(record)
+  return records
+
+
+def _truncate_after(path: str, step: int) -> None:
+  """Keeps the records with record['step'] <= step (and drops a torn last line)."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:  # A line cut by a kill mid-write.
+        continue
+      if record.get("step", math.inf) <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
+class MetricWriter:
+  """Writes scalars to metrics.jsonl and TensorBoard (`<workdir>/tensorboard/`)."""
+
+  def __init__(self, workdir: str, *, start_step: int = 0, tensorboard: bool = True):
+    self._active = jax.process_index() == 0
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self._tb = None
+    if not self._active:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    _truncate_after(self.path, start_step)
+    self._file = open(self.path, "a")  # noqa: SIM115 (closed in close()).
+    if tensorboard:
+      import tensorboardX  # Lazy: only a run with a workdir needs it.
+
+      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+
+  def write(self, step: int, split: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Writes one record; returns it (python scalars)."""
+    record = {"step": int(step), "split": split}
+    record.update({k: _scalar(v) for k, v in metrics.items()})
+    if not self._active:
+      return record
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      for key, value in record.items():
+        if key not in ("step", "split"):
+          self._tb.add_scalar(f"{split}/{key}", value, int(step))
+    return record
+
+  def flush(self) -> None:
+    if self._active:
+      self._file.flush()
+      if self._tb is not None:
+        self._tb.flush()
+
+  def close(self) -> None:
+    if self._active:
+      self._file.close()
+      if self._tb is not None:
+        self._tb.close()
+
+
+class Progress:
+  """A tqdm progress bar with ETA, shown only for interactive runs (stderr is a terminal)."""
+
+  def __init__(self, total: int, initial: int, enabled: bool):
+    self._bar = None
+    if enabled and jax.process_index() == 0 and sys.stderr.isatty():
+      import tqdm
+
+      self._bar = tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+  def update(self, n: int = 1, **postfix) -> None:
+    if self._bar is not None:
+      self._bar.update(n)
+      if postfix:
+        self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
