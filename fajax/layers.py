@@ -131,6 +131,26 @@ def _conv_general_dilated(
   )
 
 
+_FORWARD_STATE = "_fajax_forward_state"
+
+
+def forward_state(module) -> dict:
+  """Trace-time scratch dict shared by the fajax layers of one forward pass.
+
+  Flax builds a fresh root scope for every `model.apply` / `model.init`, so the dict is kept on
+  that scope and dies with it: nothing carries over between calls or traces. Key "layers_called"
+  counts the fajax layers that have run so far (whatever their rule); direct-feedback rules
+  (`fajax.direct`) use it to find the first layer and keep their own keys here.
+  """
+  root = module.scope.root
+  state = getattr(root, _FORWARD_STATE, None)
+  if state is None:
+    state = {}
+    # Scope is a plain Python object; an attribute on the root ties the state to this call.
+    setattr(root, _FORWARD_STATE, state)
+  return state
+
+
 def _run_under_rule(module, rule_spec, call, inputs, *args, **kwargs):
   """Runs a Dense/Conv call under its resolved rule, with the rule's hooks around it."""
   if getattr(_STATE, "force_backprop", False):
@@ -143,6 +163,8 @@ def _run_under_rule(module, rule_spec, call, inputs, *args, **kwargs):
   y = rule.output_hook(module, y)
   if getattr(_STATE, "capture_deltas", False):
     y = module.perturb("delta", y, collection=DELTAS)
+  state = forward_state(module)
+  state["layers_called"] = state.get("layers_called", 0) + 1
   return y
 
 
