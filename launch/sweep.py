@@ -1,0 +1,105 @@
+"""Runs the sweep a config declares: every point in turn on this machine, or one command each.
+
+  python launch/sweep.py --config=experiments/mnist_net.py --workdir=workdirs/mnist_table
+  python launch/sweep.py --config=experiments/mnist_net.py:full --config.num_epochs=10 --workdir=w
+  python launch/sweep.py --config=experiments/resnet18.py --emit_commands --workdir=gs://b/r18
+
+A config module declares its sweep with `get_sweep(arg)` (see fajax.table.sweep). Locally, points
+run one after another, each in <workdir>/<row>-seed<k>; a finished point is skipped and an
+unfinished one resumes from its checkpoint, so the command can be rerun after a crash. Overrides
+given as --config.<field>=<value> apply to every point. At the end the table is printed and
+written with its plots to <workdir>/report.md. With --emit_commands nothing runs: one
+`launch/main.py` command per point is printed, for a cluster's launcher or a TPU VM script.
+"""
+
+import importlib.util
+import json
+import os
+import shlex
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fajax import report, table  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].")
+flags.DEFINE_string("workdir", None, "Folder holding one run directory per sweep point.")
+flags.DEFINE_bool("emit_commands", False, "Print one launch/main.py command per point; run none.")
+flags.DEFINE_bool("report", True, "Print and write the table when the sweep is done.")
+FLAGS = flags.FLAGS
+DONE_FILE = "done.json"
+
+
+def _load_module(path):
+  spec = importlib.util.spec_from_file_location("experiment_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for name in ("get_config", "get_sweep", "COLUMN"):
+    if not hasattr(module, name):
+      raise ValueError(f"{path} declares no sweep: it needs get_config, get_sweep and COLUMN.")
+  return module
+
+
+def _override_flags(overrides: dict) -> list[str]:
+  return [f"--config.{k}={v}" for k, v in sorted(overrides.items())]
+
+
+def main(argv):
+  del argv
+  if not FLAGS.workdir:
+    raise app.UsageError("Give --workdir: the folder where the sweep's runs go.")
+  spec = config_flags.get_config_filename(FLAGS["config"])
+  path, _, arg = spec.partition(":")
+  _, modifiers = table.parse_arg(arg)
+  module = _load_module(path)
+  overrides = config_flags.get_override_values(FLAGS["config"])
+  points = module.get_sweep(arg)
+  run_dirs = []
+  for i, point in enumerate(points):
+    name = table.point_name(point)
+    run_dir = os.path.join(FLAGS.workdir, name)
+    run_dirs.append(run_dir)
+    config_arg = ",".join([point["row"], *sorted(modifiers)])
+    point_overrides = {k: v for k, v in point.items() if k != "row"}
+    if FLAGS.emit_commands:
+      command = [
+        "python",
+        "launch/main.py",
+        f"--config={path}:{config_arg}",
+        f"--workdir={run_dir}",
+      ]
+      command += _override_flags({**point_overrides, **overrides})
+      print(shlex.join(command))
+      continue
+    if os.path.exists(os.path.join(run_dir, DONE_FILE)):
+      print(f"[{i + 1}/{len(points)}] {name}: done, skipped")
+      continue
+    print(f"[{i + 1}/{len(points)}] {name}: {table.label(point['row'])}", flush=True)
+    config = module.get_config(config_arg)
+    config.update_from_flattened_dict({**point_overrides, **overrides})
+    os.makedirs(run_dir, exist_ok=True)
+    meta = {
+      "column": module.COLUMN,
+      "row": point["row"],
+      "seed": config.seed,
+      "dataset": config.dataset,
+      "config": f"{path}:{config_arg}",
+    }
+    with open(os.path.join(run_dir, report.EXPERIMENT_FILE), "w") as f:
+      json.dump(meta, f, indent=2)
+    from fajax.train import train_and_evaluate
+
+    train_and_evaluate(config, run_dir)
+    with open(os.path.join(run_dir, DONE_FILE), "w") as f:
+      json.dump({"point": point}, f)
+  if FLAGS.report and not FLAGS.emit_commands:
+    print(report.write_report(run_dirs, FLAGS.workdir))
+    print(f"Report with plots: {os.path.join(FLAGS.workdir, 'report.md')}")
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)
