@@ -29,6 +29,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 flags.DEFINE_string("workdir", None, "Folder holding one run directory per sweep point.")
 flags.DEFINE_bool("emit_commands", False, "Print one launch/main.py command per point; run none.")
 flags.DEFINE_bool("report", True, "Print and write the table when the sweep is done.")
+flags.DEFINE_list("rows", None, "Run only these table rows of the sweep (default: all).")
 FLAGS = flags.FLAGS
 DONE_FILE = "done.json"
 
@@ -57,6 +58,11 @@ def main(argv):
   module = _load_module(path)
   overrides = config_flags.get_override_values(FLAGS["config"])
   points = module.get_sweep(arg)
+  if FLAGS.rows:
+    unknown = sorted(set(FLAGS.rows) - {p["row"] for p in points})
+    if unknown:
+      raise app.UsageError(f"--rows {unknown} are not in this sweep; it has {module.ROWS}.")
+    points = [p for p in points if p["row"] in FLAGS.rows]
   run_dirs = []
   for i, point in enumerate(points):
     name = table.point_name(point)
