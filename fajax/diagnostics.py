@@ -102,21 +102,27 @@ def _delta_zeros(loss_fn: LossFn, params) -> dict:
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def _rule_pass(loss_fn: LossFn, params, zeros, rule_grads):
-  """The rule's weight gradients, deltas and feedback matrices on the step's batch."""
+def _rule_pass(loss_fn: LossFn, params, zeros, rule_grads, mutable=()):
+  """The rule's loss, weight gradients, deltas, feedback matrices and loss_fn's other outputs."""
 
   def loss(p, deltas):
-    value, mutated = loss_fn(p, {layers.DELTAS: deltas}, (layers.FEEDBACK_MATRICES,))
-    return value, flax.core.unfreeze(mutated).get(layers.FEEDBACK_MATRICES, {})
+    value, mutated = loss_fn(p, {layers.DELTAS: deltas}, (*mutable, layers.FEEDBACK_MATRICES))
+    mutated = dict(flax.core.unfreeze(mutated))
+    feedback = mutated.pop(layers.FEEDBACK_MATRICES, {})
+    mutated.pop(layers.DELTAS, None)
+    return value, (feedback, mutated)
 
   with layers.capture_deltas(), layers.capture_feedback():
     if rule_grads is None:
-      (grads, deltas), feedback = jax.grad(loss, argnums=(0, 1), has_aux=True)(params, zeros)
+      (value, aux), (grads, deltas) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+        params, zeros
+      )
     else:
       # The train step already has the weight gradients: only the deltas are needed.
-      deltas, feedback = jax.grad(lambda d: loss(params, d), has_aux=True)(zeros)
+      (value, aux), deltas = jax.value_and_grad(lambda d: loss(params, d), has_aux=True)(zeros)
       grads = rule_grads
-  return grads, deltas, feedback
+  feedback, mutated = aux
+  return value, grads, deltas, feedback, mutated
 
 
 def _backprop_pass(loss_fn: LossFn, params, zeros):
@@ -150,9 +156,39 @@ def alignment_metrics(loss_fn: LossFn, params, rule_grads=None) -> dict[str, jax
     fajax layer, the layer path being "/".join of its module path (e.g. "Block_0/Conv_1").
   """
   zeros = _delta_zeros(loss_fn, params)
-  grads, deltas, feedback = _rule_pass(loss_fn, params, zeros, rule_grads)
-  bp_grads, bp_deltas = _backprop_pass(loss_fn, params, zeros)
+  _, grads, deltas, feedback, _ = _rule_pass(loss_fn, params, zeros, rule_grads)
+  return _compare(loss_fn, params, zeros, grads, deltas, feedback)
 
+
+def value_and_grad_with_alignment(loss_fn: LossFn, params, mutable=()):
+  """The train step's loss and gradients and `alignment_metrics`, sharing the rule's pass.
+
+  A diagnostics train step that calls this instead of `jax.value_and_grad` plus
+  `alignment_metrics` saves one forward and backward pass (the rule's deltas come out of the
+  same backward pass as its weight gradients): a diagnostic step then costs about two plain
+  steps instead of three.
+
+  Args:
+    loss_fn: as for `alignment_metrics`.
+    params: the parameters to differentiate.
+    mutable: collections the step wants back from the rule's pass (e.g. ("batch_stats",)).
+
+  Returns:
+    ((loss, mutated), grads, metrics): `mutated` is what loss_fn returned on the rule's pass
+    for `mutable` (with fajax's own collections removed), `grads` the rule's gradients with
+    respect to `params`, `metrics` as `alignment_metrics` returns them.
+  """
+  zeros = _delta_zeros(loss_fn, params)
+  value, grads, deltas, feedback, mutated = _rule_pass(
+    loss_fn, params, zeros, None, mutable=tuple(mutable)
+  )
+  metrics = _compare(loss_fn, params, zeros, grads, deltas, feedback)
+  return (value, mutated), grads, metrics
+
+
+def _compare(loss_fn: LossFn, params, zeros, grads, deltas, feedback) -> dict[str, jax.Array]:
+  """Runs the backprop pass and compares it with the rule's gradients, deltas and B per layer."""
+  bp_grads, bp_deltas = _backprop_pass(loss_fn, params, zeros)
   flat_params, flat_grads, flat_bp_grads = _flat(params), _flat(grads), _flat(bp_grads)
   flat_deltas, flat_bp_deltas, flat_feedback = _flat(deltas), _flat(bp_deltas), _flat(feedback)
   metrics = {}

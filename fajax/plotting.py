@@ -24,7 +24,10 @@ ANGLES = ("update_angle", "delta_angle", "wb_angle")
 
 
 def read_metrics(workdir_or_path: str | os.PathLike) -> list[dict]:
-  """The records of a metrics.jsonl file (or of `<workdir>/metrics.jsonl`), in file order."""
+  """The records of a metrics.jsonl file (or of `<workdir>/metrics.jsonl`), in file order.
+
+  Uses the trainer's reader (`fajax.train.metrics.read_jsonl`) when it is installed.
+  """
   path = os.fspath(workdir_or_path)
   if os.path.isdir(path):
     path = os.path.join(path, METRICS_FILE)
@@ -33,8 +36,12 @@ def read_metrics(workdir_or_path: str | os.PathLike) -> list[dict]:
       f"No metrics file at {path}: pass a run's workdir (holding {METRICS_FILE}) "
       "or the file itself."
     )
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  try:
+    from fajax.train.metrics import read_jsonl
+  except ImportError:  # the library without its trainer: the format is one JSON object a line
+    with open(path) as f:
+      return [json.loads(line) for line in f if line.strip()]
+  return read_jsonl(path)
 
 
 def _natural_key(text: str):

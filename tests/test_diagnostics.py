@@ -1,5 +1,6 @@
 """Tests for fajax.diagnostics (alignment against true backprop) and fajax.plotting."""
 
+import functools
 import json
 import math
 
@@ -254,9 +255,11 @@ def test_hand_derived_two_layer_relu_batch():
   assert 20 < m["align/Dense_0/update_angle"] < 160
 
 
-@pytest.mark.skipif("dfa" not in rules.names(), reason="DFA lands in fajax/direct.py")
-def test_dfa_update_and_delta_angles():
-  model = MLP(rule="dfa")
+@pytest.mark.parametrize("name", ["dfa", "densefa"])
+def test_direct_rules_update_and_delta_angles(name):
+  if name not in rules.names():
+    pytest.skip(f"{name} is not registered")
+  model = MLP(rule=rules.get(name, **({"num_outputs": 10} if name == "dfa" else {})))
   x, y = _data((12,))
   m = _metrics(model, model.init(jax.random.key(1), x), x, y)
   layers = diagnostics.layer_names(m)
@@ -266,7 +269,13 @@ def test_dfa_update_and_delta_angles():
       assert 0.0 <= m[f"align/{layer}/{metric}"] <= 180.0
   # The output layer receives the output error itself; the hidden ones a random projection of it.
   assert m[f"align/{layers[-1]}/delta_angle"] == pytest.approx(0.0, abs=1e-3)
-  assert m[f"align/{layers[0]}/delta_angle"] > 1.0
+  assert m[f"align/{layers[-1]}/update_angle"] == pytest.approx(0.0, abs=1e-3)
+  for layer in layers[:-1]:
+    assert m[f"align/{layer}/delta_angle"] > 1.0
+    assert m[f"align/{layer}/update_angle"] > 1.0
+  if name == "dfa":  # no layer-to-layer feedback: B is zero (documented values)
+    assert m[f"align/{layers[-1]}/norm_ratio"] == 0.0
+    assert m[f"align/{layers[-1]}/wb_angle"] == 90.0
 
 
 # ---------------------------------------------------------------------------- sharding
@@ -312,8 +321,14 @@ def _mnist():
     return (x / 255.0).reshape(-1, 28, 28, 1).astype(np.float32), y.astype(np.int32)
 
 
-def _train(rule, steps, every, data, features=(256, 256, 10), lr=0.02, batch=64, seed=0):
-  """Plain SGD with the diagnostics inside the jitted step (maybe_alignment_metrics)."""
+def _train(
+  rule, steps, every, data, features=(256, 256, 10), lr=0.02, batch=64, seed=0, joint=False
+):
+  """Plain SGD with the diagnostics inside the jitted step.
+
+  joint=False: one step with `maybe_alignment_metrics` (lax.cond) after the usual gradients;
+  joint=True: a separate jitted diagnostics step built on `value_and_grad_with_alignment`.
+  """
   images, labels = data
   model = MLP(features=features, rule=rule)
   variables = model.init(jax.random.key(seed), images[:2])
@@ -322,20 +337,29 @@ def _train(rule, steps, every, data, features=(256, 256, 10), lr=0.02, batch=64,
   opt_state = tx.init(params)
   key = jax.random.key(seed + 1)
 
-  @jax.jit
-  def step(params, opt_state, x, y, i):
+  def step(params, opt_state, x, y, i, diagnose):
     loss_fn = _xent_loss_fn(model, rest, x, y, rngs={"feedback": jax.random.fold_in(key, i)})
-    grads = jax.grad(lambda p: loss_fn(p, {}, ())[0])(params)
-    metrics = diagnostics.maybe_alignment_metrics(i, every, loss_fn, params, rule_grads=grads)
+    if joint and diagnose:
+      (_, mutated), grads, metrics = diagnostics.value_and_grad_with_alignment(loss_fn, params)
+      assert mutated == {}
+    else:
+      grads = jax.grad(lambda p: loss_fn(p, {}, ())[0])(params)
+      metrics = {}
+      if not joint:
+        metrics = diagnostics.maybe_alignment_metrics(i, every, loss_fn, params, rule_grads=grads)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, metrics
 
+  plain = jax.jit(functools.partial(step, diagnose=False))
+  diagnosing = jax.jit(functools.partial(step, diagnose=True))
   rng = np.random.default_rng(seed)
   records = []
   for i in range(steps):
     idx = rng.integers(0, len(images), batch)
-    params, opt_state, metrics = step(params, opt_state, images[idx], labels[idx], i)
-    if diagnostics.should_run(i, every):
+    run = diagnostics.should_run(i, every)
+    fn = diagnosing if (joint and run) else plain
+    params, opt_state, metrics = fn(params, opt_state, images[idx], labels[idx], i)
+    if run:
       records.append({"step": i, "split": "train", **{k: float(v) for k, v in metrics.items()}})
   return params, records
 
@@ -344,14 +368,35 @@ def test_diagnostics_do_not_change_the_trajectory():
   data = _mnist()
   # brsf draws B from the step's rng: the diagnostic passes must reuse, not consume, randomness.
   off, _ = _train("brsf", 6, 0, data, features=(32, 10))
-  on, records = _train("brsf", 6, 2, data, features=(32, 10))
-  assert [r["step"] for r in records] == [0, 2, 4]
-  assert all(math.isfinite(v) for r in records for v in r.values() if isinstance(v, float))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), off, on)
-  moved = jax.tree.map(
-    lambda a, b: float(jnp.abs(a - b).max()), on, _train("brsf", 0, 0, data, (32, 10))[0]
-  )
+  initial, _ = _train("brsf", 0, 0, data, features=(32, 10))
+  for joint in (False, True):
+    on, records = _train("brsf", 6, 2, data, features=(32, 10), joint=joint)
+    assert [r["step"] for r in records] == [0, 2, 4]
+    assert all(math.isfinite(v) for r in records for v in r.values() if isinstance(v, float))
+    assert records[0]["align/Dense_0/update_angle"] > 1.0  # really diagnosing brsf
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), off, on)
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), off, initial)
   assert max(jax.tree.leaves(moved)) > 1e-4  # it did train
+
+
+def test_joint_pass_matches_separate_passes():
+  model = SmallCNN(rule="usf")
+  x, y = _data((10, 10, 3))
+  params, rest = _split(model.init(jax.random.key(4), x))
+  loss_fn = _xent_loss_fn(model, rest, x, y)
+  (loss, _), grads, joint = jax.jit(diagnostics.value_and_grad_with_alignment, static_argnums=0)(
+    loss_fn, params
+  )
+  ref_loss, ref_grads = jax.value_and_grad(lambda p: loss_fn(p, {}, ())[0])(params)
+  separate = jax.jit(diagnostics.alignment_metrics, static_argnums=0)(loss_fn, params)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, ref_grads
+  )
+  assert set(joint) == set(separate) and len(joint) == 3 * len(diagnostics.METRICS)
+  for k in joint:
+    np.testing.assert_allclose(float(joint[k]), float(separate[k]), atol=1e-3, err_msg=k)
+  assert float(joint["align/Conv_0/update_angle"]) > 1.0
 
 
 def _mean_last(records, key, n=3):
