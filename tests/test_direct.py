@@ -18,7 +18,7 @@ K = 3  # classes of the small test nets
 TOL = dict(rtol=2e-5, atol=2e-6)
 
 
-# --- models -------------------------------------------------------------------------------------
+# --- models ---------------------------------------------------------------------------------------
 
 
 class MLP(nn.Module):
@@ -291,7 +291,7 @@ def test_batch_norm_pooling_and_residual_backpropagate(rule):
   _assert_tree_close(_grads(model, v, x, y), want, rtol=1e-4, atol=1e-5)
 
 
-# --- equivalences -------------------------------------------------------------------------------
+# --- equivalences ---------------------------------------------------------------------------------
 
 
 def _set(tree, path, value):
@@ -375,7 +375,7 @@ def test_convert_runs_plain_flax_models_under_dfa():
     _assert_tree_close(_grads(conv, v, x, y), _grads(ref, v, x, y))
 
 
-# --- apply, errors, force_backprop -----------------------------------------------------------------
+# --- apply, errors, force_backprop ----------------------------------------------------------------
 
 
 def test_apply_keeps_model_apply_conventions():
@@ -446,7 +446,7 @@ def test_num_outputs_errors():
     direct.apply(m, v, x)
 
 
-# --- memory -------------------------------------------------------------------------------------
+# --- memory ---------------------------------------------------------------------------------------
 
 
 def test_feedback_memory_counts_by_hand():
