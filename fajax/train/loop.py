@@ -41,7 +41,8 @@ def _global_batches(batches, sharding):
     }
 
 
-def _train_batches(exp: build_lib.Experiment, start_step: int):
+def train_batches(exp: build_lib.Experiment, start_step: int):
+  """Global train batches from step `start_step` on, as this process reads them."""
   config = exp.config
   local = exp.data.get(
     config.dataset,
@@ -173,7 +174,7 @@ def train_and_evaluate(
     ckpt.save(step, state, {**meta, "step": int(step), "data_position": int(step)})
 
   try:
-    batches = _train_batches(exp, start)
+    batches = train_batches(exp, start)
     timer_start, timer_step = time.perf_counter(), start
     for step in range(start, exp.num_steps):
       s = step + 1

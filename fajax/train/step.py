@@ -88,7 +88,7 @@ def train_step(
     feedback = constraints_lib.kolen_pollack_update(
       rule, feedback, state.params, updates, decay=lr * weight_decay
     )
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
   if on_nan == "skip":
