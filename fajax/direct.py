@@ -24,7 +24,8 @@ delta_l = (D_l e) * f'(a_l) for an elementwise f.
   term; each layer's output a_k gets a *relay*, a custom-VJP identity whose backward also sends
   D_{k->l} delta_k to the token of every tap opened before the layer's own input tap. The output
   layer's relay receives delta_L = e directly, so densefa needs no help from `apply`.
-  D_{k->l} is `feedback/<source>/to_<consumer>` ('/' in the consumer path written '.'), shape
+  D_{k->l} is `feedback/<source>/to_<consumer>` ('/' in the consumer path written '.', and
+  `_call<n>` appended for the n-th later call of a shared layer), shape
   [prod(a_k.shape[1:]), prod(h.shape[1:])], stored at the layer whose delta it sends.
 
 Dense matrices everywhere: for a conv layer, D maps the error onto the full H x W x C activation
@@ -73,8 +74,15 @@ class _Tap:
   """An injection point on a layer's input (one per call of a dfa/densefa layer)."""
 
   path: str  # path of the layer whose input is tapped
+  call: int  # 0 for the layer's first call in this forward pass, 1 for its second, ...
   shape: tuple[int, ...]  # shape of that input (batch first)
   token: Any  # zero array of `shape` whose cotangent is added to the input's; None at init
+
+  @property
+  def name(self) -> str:
+    """`to_<path>` ('/' written '.'), plus `_call<n>` for a shared layer's later calls."""
+    suffix = f"_call{self.call}" if self.call else ""
+    return DENSE_PREFIX + self.path.replace("/", ".") + suffix
 
 
 # --- custom-VJP pieces --------------------------------------------------------------------------
@@ -141,8 +149,10 @@ def _open_tap(module, x):
     token = None
     if not module.is_initializing():
       x, token = _inject(x)
-    tap = _Tap(rules.module_path(module), tuple(x.shape), token)
-    state.setdefault("direct_taps", []).append(tap)
+    taps = state.setdefault("direct_taps", [])
+    path = rules.module_path(module)
+    tap = _Tap(path, sum(t.path == path for t in taps), tuple(x.shape), token)
+    taps.append(tap)
   state.setdefault("direct_open", []).append(tap)
   return x
 
@@ -268,10 +278,7 @@ class DenseFA(rules.FA):
     if not lower:
       return y
     width = _prod(y.shape[1:])
-    matrices = [
-      _fixed_matrix(module, DENSE_PREFIX + t.path.replace("/", "."), (width, _prod(t.shape[1:])))
-      for t in lower
-    ]
+    matrices = [_fixed_matrix(module, t.name, (width, _prod(t.shape[1:]))) for t in lower]
     if module.is_initializing():
       return y
     return _send(y, [t.token for t in lower], matrices)

@@ -446,6 +446,32 @@ def test_num_outputs_errors():
     direct.apply(m, v, x)
 
 
+def test_shared_layer_gets_one_tap_per_call():
+  class Shared(nn.Module):
+    rule: object = None
+    num_classes: int = K
+
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(fajax.Dense(4, rule=self.rule)(x))
+      shared = fajax.Dense(4, rule=self.rule)
+      x = nn.relu(shared(nn.relu(shared(x))))
+      return fajax.Dense(self.num_classes, rule=self.rule)(x)
+
+  x, y = _data((5,))
+  dfa = Shared(rule="dfa").init(jax.random.key(0), x)["feedback"]
+  assert jax.tree.map(jnp.shape, dfa) == {
+    "Dense_1": {"direct": (K, 4)},
+    "Dense_2": {"direct": (K, 4)},
+  }
+  model = Shared(rule="densefa")
+  v = model.init(jax.random.key(0), x)
+  assert set(v["feedback"]["Dense_2"]) == {"kernel", "to_Dense_1", "to_Dense_1_call1"}
+  # The relay of the shared layer's second call feeds the input of its first call.
+  assert set(v["feedback"]["Dense_1"]) == {"kernel", "to_Dense_1"}
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(_grads(model, v, x, y)))
+
+
 # --- memory ---------------------------------------------------------------------------------------
 
 
