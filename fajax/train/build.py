@@ -87,15 +87,21 @@ def _check_divisible(field, value, parts, what):
     )
 
 
-def _check_feedback_budget(config, abstract_state):
+def _check_feedback_budget(config, module, info, abstract_state):
+  """Refuses a run whose feedback collection exceeds config.feedback_memory_budget_gb (GiB)."""
   budget = config.feedback_memory_budget_gb
   if budget is None:
     return
-  need = state_lib.num_bytes(abstract_state.feedback) / 1e9
+  from fajax import direct
+
+  if hasattr(direct, "check_feedback_budget"):
+    direct.check_feedback_budget(module, (1, *info.image_shape), budget, train=False)
+    return
+  need = state_lib.num_bytes(abstract_state.feedback) / 2**30
   if need > budget:
     raise ValueError(
-      f"config.feedback_memory_budget_gb = {budget} is too small; the feedback collection of "
-      f"rule {config.rule!r} needs {need:.3f} GB: raise the budget or choose a lighter rule."
+      f"config.feedback_memory_budget_gb = {budget} is too small; the feedback of rule "
+      f"{config.rule!r} needs {need:.3f} GiB: raise the budget or choose a lighter rule."
     )
 
 
@@ -149,7 +155,7 @@ def build(config, *, model=None, dataset=None, devices=None) -> Experiment:
   abstract_state = jax.tree.map(
     lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, state_sharding
   )
-  _check_feedback_budget(config, abstract_state)
+  _check_feedback_budget(config, module, info, abstract_state)
   replicated = mesh_lib.replicated(mesh)
   batch_sharding = mesh_lib.batch_sharding(mesh)
   common = dict(

@@ -86,7 +86,8 @@ def default_config() -> ml_collections.ConfigDict:
   # Failure handling: 'stop' raises NonFiniteLossError at a non-finite loss (keeping the last good
   # checkpoint); 'skip' drops that update, counts it (metric skipped_steps) and continues.
   c.on_nan = "stop"
-  # Refuse to start when the feedback collection needs more than this many GB (None: no check).
+  # Refuse to start when the feedback collection needs more than this many GiB (None: no check);
+  # uses fajax.direct.check_feedback_budget (dfa/densefa feedback grows with activation sizes).
   c.feedback_memory_budget_gb = config_dict.placeholder(float)
   return c
 
@@ -236,7 +237,7 @@ def validate(
 
   budget = c.feedback_memory_budget_gb
   if budget is not None and (not _is_number(budget) or budget <= 0):
-    _fail("feedback_memory_budget_gb", budget, "use a number of GB > 0 or None")
+    _fail("feedback_memory_budget_gb", budget, "use a number of GiB > 0 or None")
 
 
 def num_steps(config, num_train: int) -> int:
