@@ -6,9 +6,8 @@
 1. Timing, in one process: the paper's MNIST net (`fajax.models.get("mnist_net")`, rule fa) on
    one batch, three jitted steps timed interleaved (median of --reps): the plain train step
    (diagnostics off); the step with `alignment_metrics` on every step (what the trainer's
-   diagnostics step runs, with the step's own gradients passed as `rule_grads`); the same with
-   `value_and_grad_with_alignment` (the rule's pass shared with the step's gradients); and a
-   single step with `maybe_alignment_metrics(every=100)` (lax.cond) on a non-diagnostic step.
+   diagnostics step runs, with the step's own gradients passed as `rule_grads`); and a single
+   step with `maybe_alignment_metrics(every=100)` (lax.cond) timed on a non-diagnostic step.
    The implied overhead of diagnostics every 100 steps is (t_on - t_off) / (100 * t_off).
 2. Curves: trains the MNIST net on the embedded mnist5k train split (4,000 real digits) with
    fa, usf (scale=sn) and bp, logging the diagnostics every --every steps, and draws
@@ -42,8 +41,7 @@ PNG = os.path.join(ROOT, "docs", "alignment_mnist.png")
 
 
 def make_steps(model, rest, tx, every_cond=100):
-  """Jitted train steps: diagnostics off, on (every call; `joint`: sharing the rule's pass via
-  `value_and_grad_with_alignment`), and lax.cond every `every_cond`."""
+  """Jitted train steps: diagnostics off, on (every call), and lax.cond every `every_cond`."""
 
   def step(params, opt_state, x, y, i, mode):
     rngs = {"feedback": jax.random.fold_in(jax.random.key(0), i)}
@@ -54,11 +52,8 @@ def make_steps(model, rest, tx, every_cond=100):
       )
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), mutated
 
-    if mode == "joint":  # the rule's pass gives the step's gradients and the deltas at once
-      (loss, _), grads, metrics = diagnostics.value_and_grad_with_alignment(loss_fn, params)
-    else:
-      loss, grads = jax.value_and_grad(lambda p: loss_fn(p, {}, ())[0])(params)
-      metrics = {}
+    loss, grads = jax.value_and_grad(lambda p: loss_fn(p, {}, ())[0])(params)
+    metrics = {}
     if mode == "on":
       metrics = diagnostics.alignment_metrics(loss_fn, params, rule_grads=grads)
     elif mode == "cond":
@@ -67,8 +62,7 @@ def make_steps(model, rest, tx, every_cond=100):
     return optax.apply_updates(params, updates), opt_state, loss, metrics
 
   return {
-    mode: jax.jit(lambda *a, mode=mode: step(*a, mode=mode))
-    for mode in ("off", "on", "joint", "cond")
+    mode: jax.jit(lambda *a, mode=mode: step(*a, mode=mode)) for mode in ("off", "on", "cond")
   }
 
 
@@ -180,29 +174,24 @@ def main():
   t0 = time.perf_counter()
   t = time_steps(args.batch_size, args.reps)
   extra = t["on"] - t["off"]
-  extra_joint = t["joint"] - t["off"]
   lines += [
     f"## Step time, paper MNIST net (`mnist_net`, rule fa), batch {args.batch_size}",
     "",
     f"Median of {args.reps} interleaved repetitions, one process, fixed batch, after warm-up.",
     "",
-    "| step | seconds | vs off |",
+    "| step | ms | vs off |",
     "|---|---|---|",
-    f"| diagnostics off | {t['off']:.4f} | 1.00x |",
-    f"| diagnostics every step (`alignment_metrics`, rule_grads passed) | {t['on']:.4f} | "
+    f"| diagnostics off | {1e3 * t['off']:.3f} | 1.00x |",
+    f"| diagnostics every step (`alignment_metrics`, rule_grads passed) | {1e3 * t['on']:.3f} | "
     f"{t['on'] / t['off']:.2f}x |",
-    f"| diagnostics every step, joint pass (`value_and_grad_with_alignment`) | "
-    f"{t['joint']:.4f} | {t['joint'] / t['off']:.2f}x |",
     f"| single step with `maybe_alignment_metrics(every=100)`, non-diagnostic step | "
-    f"{t['cond']:.4f} | {t['cond'] / t['off']:.2f}x |",
+    f"{1e3 * t['cond']:.3f} | {t['cond'] / t['off']:.2f}x |",
     "",
-    f"A diagnostic step costs {extra:.4f} s more than a plain one "
+    f"A diagnostic step costs {1e3 * extra:.3f} ms more than a plain one "
     f"({extra / t['off']:.2f} plain steps: the rule's delta pass plus the B := W pass).",
     f"Implied overhead with diagnostics every 100 steps (separate jitted diagnostics step, as "
     f"the trainer does): {100 * extra / (100 * t['off']):.2f}% of training time; every 10 "
-    f"steps: {100 * extra / (10 * t['off']):.1f}%. With the joint pass: "
-    f"{100 * extra_joint / (100 * t['off']):.2f}% every 100 steps, "
-    f"{100 * extra_joint / (10 * t['off']):.1f}% every 10.",
+    f"steps: {100 * extra / (10 * t['off']):.1f}%.",
     "",
   ]
   print("\n".join(lines), flush=True)

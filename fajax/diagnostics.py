@@ -160,32 +160,6 @@ def alignment_metrics(loss_fn: LossFn, params, rule_grads=None) -> dict[str, jax
   return _compare(loss_fn, params, zeros, grads, deltas, feedback)
 
 
-def value_and_grad_with_alignment(loss_fn: LossFn, params, mutable=()):
-  """The train step's loss and gradients and `alignment_metrics`, sharing the rule's pass.
-
-  A diagnostics train step that calls this instead of `jax.value_and_grad` plus
-  `alignment_metrics` saves one forward and backward pass (the rule's deltas come out of the
-  same backward pass as its weight gradients): a diagnostic step then costs about two plain
-  steps instead of three.
-
-  Args:
-    loss_fn: as for `alignment_metrics`.
-    params: the parameters to differentiate.
-    mutable: collections the step wants back from the rule's pass (e.g. ("batch_stats",)).
-
-  Returns:
-    ((loss, mutated), grads, metrics): `mutated` is what loss_fn returned on the rule's pass
-    for `mutable` (with fajax's own collections removed), `grads` the rule's gradients with
-    respect to `params`, `metrics` as `alignment_metrics` returns them.
-  """
-  zeros = _delta_zeros(loss_fn, params)
-  value, grads, deltas, feedback, mutated = _rule_pass(
-    loss_fn, params, zeros, None, mutable=tuple(mutable)
-  )
-  metrics = _compare(loss_fn, params, zeros, grads, deltas, feedback)
-  return (value, mutated), grads, metrics
-
-
 def _compare(loss_fn: LossFn, params, zeros, grads, deltas, feedback) -> dict[str, jax.Array]:
   """Runs the backprop pass and compares it with the rule's gradients, deltas and B per layer."""
   bp_grads, bp_deltas = _backprop_pass(loss_fn, params, zeros)

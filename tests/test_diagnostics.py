@@ -321,13 +321,11 @@ def _mnist():
     return (x / 255.0).reshape(-1, 28, 28, 1).astype(np.float32), y.astype(np.int32)
 
 
-def _train(
-  rule, steps, every, data, features=(256, 256, 10), lr=0.02, batch=64, seed=0, joint=False
-):
+def _train(rule, steps, every, data, features=(256, 256, 10), lr=0.02, batch=64, seed=0, cond=True):
   """Plain SGD with the diagnostics inside the jitted step.
 
-  joint=False: one step with `maybe_alignment_metrics` (lax.cond) after the usual gradients;
-  joint=True: a separate jitted diagnostics step built on `value_and_grad_with_alignment`.
+  cond=True: one jitted step with `maybe_alignment_metrics` (lax.cond) after the gradients;
+  cond=False: a separate jitted diagnostics step calling `alignment_metrics` (as the trainer does).
   """
   images, labels = data
   model = MLP(features=features, rule=rule)
@@ -339,14 +337,13 @@ def _train(
 
   def step(params, opt_state, x, y, i, diagnose):
     loss_fn = _xent_loss_fn(model, rest, x, y, rngs={"feedback": jax.random.fold_in(key, i)})
-    if joint and diagnose:
-      (_, mutated), grads, metrics = diagnostics.value_and_grad_with_alignment(loss_fn, params)
-      assert mutated == {}
+    grads = jax.grad(lambda p: loss_fn(p, {}, ())[0])(params)
+    if cond:
+      metrics = diagnostics.maybe_alignment_metrics(i, every, loss_fn, params, rule_grads=grads)
+    elif diagnose:
+      metrics = diagnostics.alignment_metrics(loss_fn, params, rule_grads=grads)
     else:
-      grads = jax.grad(lambda p: loss_fn(p, {}, ())[0])(params)
       metrics = {}
-      if not joint:
-        metrics = diagnostics.maybe_alignment_metrics(i, every, loss_fn, params, rule_grads=grads)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, metrics
 
@@ -357,7 +354,7 @@ def _train(
   for i in range(steps):
     idx = rng.integers(0, len(images), batch)
     run = diagnostics.should_run(i, every)
-    fn = diagnosing if (joint and run) else plain
+    fn = diagnosing if (run and not cond) else plain
     params, opt_state, metrics = fn(params, opt_state, images[idx], labels[idx], i)
     if run:
       records.append({"step": i, "split": "train", **{k: float(v) for k, v in metrics.items()}})
@@ -369,34 +366,14 @@ def test_diagnostics_do_not_change_the_trajectory():
   # brsf draws B from the step's rng: the diagnostic passes must reuse, not consume, randomness.
   off, _ = _train("brsf", 6, 0, data, features=(32, 10))
   initial, _ = _train("brsf", 0, 0, data, features=(32, 10))
-  for joint in (False, True):
-    on, records = _train("brsf", 6, 2, data, features=(32, 10), joint=joint)
+  for cond in (True, False):
+    on, records = _train("brsf", 6, 2, data, features=(32, 10), cond=cond)
     assert [r["step"] for r in records] == [0, 2, 4]
     assert all(math.isfinite(v) for r in records for v in r.values() if isinstance(v, float))
     assert records[0]["align/Dense_0/update_angle"] > 1.0  # really diagnosing brsf
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), off, on)
   moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), off, initial)
   assert max(jax.tree.leaves(moved)) > 1e-4  # it did train
-
-
-def test_joint_pass_matches_separate_passes():
-  model = SmallCNN(rule="usf")
-  x, y = _data((10, 10, 3))
-  params, rest = _split(model.init(jax.random.key(4), x))
-  loss_fn = _xent_loss_fn(model, rest, x, y)
-  (loss, _), grads, joint = jax.jit(diagnostics.value_and_grad_with_alignment, static_argnums=0)(
-    loss_fn, params
-  )
-  ref_loss, ref_grads = jax.value_and_grad(lambda p: loss_fn(p, {}, ())[0])(params)
-  separate = jax.jit(diagnostics.alignment_metrics, static_argnums=0)(loss_fn, params)
-  np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
-  jax.tree.map(
-    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, ref_grads
-  )
-  assert set(joint) == set(separate) and len(joint) == 3 * len(diagnostics.METRICS)
-  for k in joint:
-    np.testing.assert_allclose(float(joint[k]), float(separate[k]), atol=1e-3, err_msg=k)
-  assert float(joint["align/Conv_0/update_angle"]) > 1.0
 
 
 def _mean_last(records, key, n=3):
