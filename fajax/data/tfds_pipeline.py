@@ -1,0 +1,270 @@
+"""tf.data input pipelines for the TensorFlow Datasets sets: read, shard, shuffle, augment, batch.
+
+This is the only module of fajax.data that imports TensorFlow, and `fajax.data.get` imports it
+only for a tfds dataset (TensorFlow is the optional `tfds` extra). TensorFlow is kept on the CPU
+so it never takes accelerator memory from JAX.
+
+Determinism (see docs/data.md): process p of n reads `tfds.even_splits('train', n)[p]`, files in
+a fixed order. Its training stream is the concatenation over epochs e = 0, 1, ... of its shard
+shuffled with a buffer seeded by (seed, p, n, e); example i of the stream is augmented with the
+stateless seed (seed, p, n, i). Batch k is stream[k*B : (k+1)*B], so `start_step=k` skips
+straight to epoch floor(k*B / L) and then skips the rest (raw records, before decoding).
+"""
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from fajax.data import batching, preprocess
+
+try:
+  # Keep TensorFlow on the host: a GPU-enabled TensorFlow would otherwise grab accelerator memory.
+  tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # TensorFlow was initialised before this import; nothing left to change.
+  pass
+
+AUTOTUNE = tf.data.AUTOTUNE
+# Offsets that separate the shuffle-seed and augmentation-seed streams; 2**32 > any derived seed.
+_EPOCH_STRIDE = 2**32
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """How to read and preprocess one tfds dataset.
+
+  Attributes:
+    tfds_name: tfds builder name (with config), e.g. 'imagenet_resized/32x32'.
+    eval_split: the tfds split used for 'test' ('test' or 'validation').
+    image_shape: model-input (H, W, C) after preprocessing.
+    shuffle_buffer: examples in the (per-epoch) shuffle buffer, before the shard length cap.
+    train_fn: (encoded image, seed [2]) -> float32 image; augments when augmentation is on.
+    eval_fn: encoded image -> float32 image; deterministic.
+  """
+
+  tfds_name: str
+  eval_split: str
+  image_shape: tuple[int, int, int]
+  shuffle_buffer: int
+  train_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+  eval_fn: Callable[[tf.Tensor], tf.Tensor]
+
+
+def _no_augment(eval_fn):
+  """A train_fn that ignores its seed and applies the eval preprocessing."""
+  return lambda encoded, seed: eval_fn(encoded)
+
+
+def recipe(name: str, options: dict[str, Any]) -> Recipe:
+  """The Recipe for registry dataset `name` with validated `options` (see fajax.data.registry)."""
+  norm = preprocess.normalize
+  if name == "mnist":
+    shape = (28, 28, 1)
+    eval_fn = lambda x: norm(
+      preprocess.decode(x, shape), preprocess.MNIST_MEAN, preprocess.MNIST_STD
+    )
+    train_fn = _no_augment(eval_fn)  # The paper's MNIST net trains without augmentation.
+    return Recipe("mnist", "test", shape, options["shuffle_buffer"], train_fn, eval_fn)
+
+  if name == "cifar10":
+    raw, crop = (32, 32, 3), options["crop"]
+    mean, std = preprocess.CIFAR10_MEAN, preprocess.CIFAR10_STD
+    if crop == 24:  # CIFAR-10 arch 1: random 24x24 crops + flips, centre crop at test.
+      eval_fn = lambda x: norm(preprocess.central_crop(preprocess.decode(x, raw), 24), mean, std)
+      augment = lambda x, s: preprocess.random_crop_flip(preprocess.decode(x, raw), s, 24)
+    else:  # Full 32x32: pad-4 random crop + flip (ResNet-20 / VGG recipe), identity at test.
+      eval_fn = lambda x: norm(preprocess.decode(x, raw), mean, std)
+      augment = lambda x, s: preprocess.random_crop_flip(preprocess.decode(x, raw), s, 32, pad=4)
+    train_fn = (lambda x, s: norm(augment(x, s), mean, std)) if options["augment"] else None
+    return Recipe(
+      "cifar10",
+      "test",
+      (crop, crop, 3),
+      options["shuffle_buffer"],
+      train_fn or _no_augment(eval_fn),
+      eval_fn,
+    )
+
+  mean, std = preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD
+  size = options["image_size"]
+  if name == "imagenet2012":
+    eval_fn = lambda x: norm(preprocess.decode_center_crop(x, size), mean, std)
+    augment = lambda x, s: norm(preprocess.decode_inception_crop(x, s, size), mean, std)
+    tfds_name = "imagenet2012"
+  elif name == "imagenet_resized":
+    shape = (size, size, 3)
+    eval_fn = lambda x: norm(preprocess.decode(x, shape), mean, std)
+    augment = lambda x, s: norm(preprocess.random_flip(preprocess.decode(x, shape), s), mean, std)
+    tfds_name = f"imagenet_resized/{size}x{size}"
+  else:
+    raise ValueError(f"No tf.data recipe for dataset {name!r}.")
+  train_fn = augment if options["augment"] else _no_augment(eval_fn)
+  return Recipe(
+    tfds_name, "validation", (size, size, 3), options["shuffle_buffer"], train_fn, eval_fn
+  )
+
+
+def not_prepared_message(tfds_name: str, data_dir: str) -> str:
+  """The one-sentence error for a dataset missing from data_dir, with the command that fixes it."""
+  build = f"tfds build {tfds_name} --data_dir={data_dir}"
+  if tfds_name == "imagenet2012":
+    return (
+      f"Dataset 'imagenet2012' is not prepared in {data_dir}; it needs the manual ImageNet "
+      f"files: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in "
+      f"{data_dir}/downloads/manual (the manual_dir), run `{build}` and pass data_dir="
+      f"'{data_dir}'."
+    )
+  return (
+    f"Dataset '{tfds_name}' is not prepared in {data_dir}; prepare it on a machine with "
+    f"internet with `{build}` (or `python -m tensorflow_datasets.scripts.download_and_prepare "
+    f"--datasets={tfds_name} --data_dir={data_dir}`) and pass data_dir='{data_dir}'."
+  )
+
+
+def _read(builder, split, tfds_name: str) -> tf.data.Dataset:
+  """Raw {'image': encoded bytes, 'label': int64} examples of `split`, in file order.
+
+  Never downloads. Images stay encoded so that shuffling and skipping move small strings, and
+  ImageNet crops decode only the window they keep.
+  """
+  try:
+    ds = builder.as_dataset(
+      split=split,
+      shuffle_files=False,  # File order is part of the deterministic order.
+      decoders={"image": tfds.decode.SkipDecoding()},
+    )
+  except AssertionError as e:  # tfds asserts that prepared files exist.
+    if builder.is_prepared():
+      raise
+    raise FileNotFoundError(not_prepared_message(tfds_name, str(builder.data_dir_root))) from e
+  return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+
+
+def _seed(*parts: int) -> int:
+  """A 31-bit seed mixed from integers (stable across runs and platforms)."""
+  return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)
+
+
+def _cardinality(ds: tf.data.Dataset) -> int:
+  n = int(ds.cardinality())
+  if n < 0:
+    raise ValueError("The dataset's length is unknown; fajax needs it for exact resumption.")
+  return n
+
+
+def train_dataset(
+  builder,
+  recipe: Recipe,
+  batch_size: int,
+  *,
+  seed: int,
+  start_step: int,
+  process_index: int,
+  process_count: int,
+  prefetch: int,
+) -> tf.data.Dataset:
+  """Infinite, batched training stream of this process: see the module docstring."""
+  raw = _read(builder, tfds.even_splits("train", process_count)[process_index], recipe.tfds_name)
+  length = _cardinality(raw)
+  if length == 0:
+    raise ValueError(f"Process {process_index} of {process_count} has no training examples.")
+  buffer = min(recipe.shuffle_buffer, length)
+  shuffle_seed = _seed(seed, process_index, process_count, 0)
+  augment_seed = _seed(seed, process_index, process_count, 1)
+
+  def epoch(e):
+    # A fresh, fixed permutation per epoch, so any epoch can be started without replaying.
+    return raw.shuffle(
+      buffer, seed=shuffle_seed + e * _EPOCH_STRIDE, reshuffle_each_iteration=False
+    )
+
+  position = start_step * batch_size
+  first_epoch, offset = divmod(position, length)
+  stream = tf.data.Dataset.counter(first_epoch).flat_map(epoch).skip(offset)
+
+  def process(index, example):
+    seed_pair = tf.stack([tf.constant(augment_seed, tf.int64), index])
+    return {
+      "image": recipe.train_fn(example["image"], seed_pair),
+      "label": tf.cast(example["label"], tf.int32),
+    }
+
+  stream = stream.enumerate(start=position).map(process, num_parallel_calls=AUTOTUNE)
+  return stream.batch(batch_size, drop_remainder=True).prefetch(prefetch)
+
+
+def eval_dataset(
+  builder,
+  recipe: Recipe,
+  batch_size: int,
+  *,
+  process_index: int,
+  process_count: int,
+  prefetch: int,
+) -> tf.data.Dataset:
+  """One ordered pass over this process's contiguous part of the eval split (last batch short)."""
+  shard = tfds.even_splits(recipe.eval_split, process_count)[process_index]
+  raw = _read(builder, shard, recipe.tfds_name)
+
+  def process(example):
+    return {
+      "image": recipe.eval_fn(example["image"]),
+      "label": tf.cast(example["label"], tf.int32),
+      "mask": tf.constant(1.0, tf.float32),
+    }
+
+  ds = raw.map(process, num_parallel_calls=AUTOTUNE)
+  return ds.batch(batch_size).prefetch(prefetch)
+
+
+def batches(
+  name: str,
+  split: str,
+  batch_size: int,
+  *,
+  options: dict[str, Any],
+  seed: int,
+  data_dir: str | None,
+  start_step: int,
+  process_index: int,
+  process_count: int,
+  prefetch: int,
+) -> Iterator[batching.Batch]:
+  """Numpy batches of a tfds dataset: see `fajax.data.get` for the contract.
+
+  The tf.data graph is built (and a missing dataset reported) when this is called, not at the
+  first next().
+  """
+  r = recipe(name, options)
+  builder = tfds.builder(r.tfds_name, data_dir=data_dir)
+  if split == "train":
+    ds = train_dataset(
+      builder,
+      r,
+      batch_size,
+      seed=seed,
+      start_step=start_step,
+      process_index=process_index,
+      process_count=process_count,
+      prefetch=prefetch,
+    )
+    return ds.as_numpy_iterator()
+  ds = eval_dataset(
+    builder,
+    r,
+    batch_size,
+    process_index=process_index,
+    process_count=process_count,
+    prefetch=prefetch,
+  )
+  # Every process yields as many batches as the largest shard needs (shards differ by <= 1).
+  num_batches = None
+  if process_count > 1:
+    total = _cardinality(_read(builder, r.eval_split, r.tfds_name))
+    num_batches = batching.num_eval_batches(total, batch_size, process_count)
+  return batching.padded_eval_batches(
+    ds.as_numpy_iterator(), batch_size, r.image_shape, num_batches
+  )
