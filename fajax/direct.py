@@ -408,7 +408,7 @@ def feedback_memory(
     layer = "/".join(str(getattr(p, "key", p)) for p in path[:-1])
     per_layer[layer] = per_layer.get(layer, 0) + _nbytes(leaf)
   params = sum(_nbytes(leaf) for leaf in jax.tree.leaves(shapes.get("params", {})))
-  name = rules.get(getattr(model, "rule", None)).describe() if hasattr(model, "rule") else "?"
+  name = rules.get(getattr(model, "rule", None)).describe()  # no rule field: a plain bp model
   return FeedbackMemory(name, sum(per_layer.values()), params, per_layer)
 
 

@@ -12,7 +12,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import fajax
-from fajax import direct, layers, rules
+from fajax import direct, layers, models, rules
 
 K = 3  # classes of the small test nets
 TOL = dict(rtol=2e-5, atol=2e-6)
@@ -515,33 +515,9 @@ def _mnist():
   return (np.asarray(xtr), np.asarray(ytr, np.int32)), (np.asarray(xte), np.asarray(yte, np.int32))
 
 
-class SmallConvNet(nn.Module):
-  """Stand-in for the MNIST net when fajax.models is not there: conv - pool - conv - pool - fc."""
-
-  num_classes: int = 10
-  rule: object = None
-
-  @nn.compact
-  def __call__(self, x, train=True):
-    del train
-    x = _pool(nn.relu(fajax.Conv(16, (5, 5), padding="SAME", rule=self.rule)(x)))
-    x = _pool(nn.relu(fajax.Conv(32, (5, 5), padding="SAME", rule=self.rule)(x)))
-    x = nn.relu(fajax.Dense(128, rule=self.rule)(x.reshape(x.shape[0], -1)))
-    return fajax.Dense(self.num_classes, rule=self.rule)(x)
-
-
-def _mnist_model(rule):
-  try:
-    from fajax import models
-
-    return models.get("mnist_net", num_classes=10, rule=rule)
-  except (ImportError, AttributeError, ValueError):
-    return SmallConvNet(rule=rule)
-
-
 def test_dfa_learns_mnist_subset():
   (xtr, ytr), (xte, yte) = _mnist()
-  model = _mnist_model("dfa")
+  model = models.get("mnist_net", num_classes=10, rule="dfa")
   variables = model.init(jax.random.key(0), xtr[:2], train=False)
   tx = optax.adam(1e-3)
   params = variables["params"]
