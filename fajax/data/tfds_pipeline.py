@@ -28,8 +28,6 @@ except RuntimeError:  # TensorFlow was initialised before this import; nothing l
   pass
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Offsets that separate the shuffle-seed and augmentation-seed streams; 2**32 > any derived seed.
-_EPOCH_STRIDE = 2**32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +153,14 @@ def _cardinality(ds: tf.data.Dataset) -> int:
   return n
 
 
+def _with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
+  options = tf.data.Options()
+  options.deterministic = True  # Order is part of the contract (resume, eval), never traded.
+  # Parallelism comes from parallel maps over examples; one thread per op avoids oversubscribing.
+  options.threading.max_intra_op_parallelism = 1
+  return ds.with_options(options)
+
+
 def train_dataset(
   builder,
   recipe: Recipe,
@@ -176,10 +182,12 @@ def train_dataset(
   augment_seed = _seed(seed, process_index, process_count, 1)
 
   def epoch(e):
-    # A fresh, fixed permutation per epoch, so any epoch can be started without replaying.
-    return raw.shuffle(
-      buffer, seed=shuffle_seed + e * _EPOCH_STRIDE, reshuffle_each_iteration=False
+    # A fresh, fixed permutation per epoch, so any epoch can be started without replaying the
+    # ones before it. The epoch's seed is a stateless hash of (shuffle_seed, e).
+    epoch_seed = tf.random.stateless_uniform(
+      [], [shuffle_seed, e], minval=0, maxval=2**31 - 1, dtype=tf.int64
     )
+    return raw.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
 
   position = start_step * batch_size
   first_epoch, offset = divmod(position, length)
@@ -193,7 +201,8 @@ def train_dataset(
     }
 
   stream = stream.enumerate(start=position).map(process, num_parallel_calls=AUTOTUNE)
-  return stream.batch(batch_size, drop_remainder=True).prefetch(prefetch)
+  stream = stream.batch(batch_size, drop_remainder=True)
+  return _with_options(stream).prefetch(prefetch)
 
 
 def eval_dataset(
@@ -217,7 +226,7 @@ def eval_dataset(
     }
 
   ds = raw.map(process, num_parallel_calls=AUTOTUNE)
-  return ds.batch(batch_size).prefetch(prefetch)
+  return _with_options(ds.batch(batch_size)).prefetch(prefetch)
 
 
 def batches(
