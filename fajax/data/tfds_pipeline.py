@@ -72,19 +72,13 @@ def recipe(name: str, options: dict[str, Any]) -> Recipe:
     mean, std = preprocess.CIFAR10_MEAN, preprocess.CIFAR10_STD
     if crop == 24:  # CIFAR-10 arch 1: random 24x24 crops + flips, centre crop at test.
       eval_fn = lambda x: norm(preprocess.central_crop(preprocess.decode(x, raw), 24), mean, std)
-      augment = lambda x, s: preprocess.random_crop_flip(preprocess.decode(x, raw), s, 24)
+      crop_flip = lambda x, s: preprocess.random_crop_flip(preprocess.decode(x, raw), s, 24)
     else:  # Full 32x32: pad-4 random crop + flip (ResNet-20 / VGG recipe), identity at test.
       eval_fn = lambda x: norm(preprocess.decode(x, raw), mean, std)
-      augment = lambda x, s: preprocess.random_crop_flip(preprocess.decode(x, raw), s, 32, pad=4)
-    train_fn = (lambda x, s: norm(augment(x, s), mean, std)) if options["augment"] else None
-    return Recipe(
-      "cifar10",
-      "test",
-      (crop, crop, 3),
-      options["shuffle_buffer"],
-      train_fn or _no_augment(eval_fn),
-      eval_fn,
-    )
+      crop_flip = lambda x, s: preprocess.random_crop_flip(preprocess.decode(x, raw), s, 32, pad=4)
+    augment = lambda x, s: norm(crop_flip(x, s), mean, std)
+    train_fn = augment if options["augment"] else _no_augment(eval_fn)
+    return Recipe("cifar10", "test", (crop, crop, 3), options["shuffle_buffer"], train_fn, eval_fn)
 
   mean, std = preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD
   size = options["image_size"]
@@ -134,7 +128,8 @@ def _read(builder, split, tfds_name: str) -> tf.data.Dataset:
       shuffle_files=False,  # File order is part of the deterministic order.
       decoders={"image": tfds.decode.SkipDecoding()},
     )
-  except AssertionError as e:  # tfds asserts that prepared files exist.
+  # tfds asserts that the prepared files exist (some versions raise DatasetNotFoundError).
+  except (AssertionError, tfds.core.DatasetNotFoundError) as e:
     if builder.is_prepared():
       raise
     raise FileNotFoundError(not_prepared_message(tfds_name, str(builder.data_dir_root))) from e
