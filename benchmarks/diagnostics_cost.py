@@ -11,7 +11,8 @@
    The implied overhead of diagnostics every 100 steps is (t_on - t_off) / (100 * t_off).
 2. Curves: trains the MNIST net on the embedded mnist5k train split (4,000 real digits) with
    fa, usf (scale=sn) and bp, logging the diagnostics every --every steps, and draws
-   docs/alignment_mnist.png with `fajax.plotting.plot_alignment_runs`.
+   docs/alignment_mnist.png (update and delta angles) and docs/alignment_mnist_wb.png (W-B angle)
+   with `fajax.plotting.plot_alignment_runs`.
 
 Writes benchmarks/results/diagnostics_cost.md (command, hardware, date, numbers).
 """
@@ -200,22 +201,31 @@ def main():
   if not args.skip_curves:
     t1 = time.perf_counter()
     runs, errors = {}, {}
-    for rule in ("fa", "usf", "bp"):
-      runs[rule], errors[rule] = train_curves(
+    for label, rule in (
+      ("fa", "fa"),
+      ("usf (sn)", fajax.rules.get("usf", scale="sn")),
+      ("bp", "bp"),
+    ):
+      runs[label], errors[label] = train_curves(
         rule, args.steps, args.every, args.batch_size, args.lr
       )
-      print(f"{rule}: test error {errors[rule]:.3f}", flush=True)
+      print(f"{label}: test error {errors[label]:.3f}", flush=True)
     plotting.plot_alignment_runs(
       runs,
       args.png,
       title=f"MNIST net on mnist5k: update (solid) and delta (dashed) angle to backprop, "
       f"SGD lr {args.lr}, batch {args.batch_size}",
     )
+    wb_png = args.png.replace(".png", "_wb.png")
+    plotting.plot_alignment_runs(
+      runs, wb_png, title="MNIST net on mnist5k: angle between W and B", metric="wb_angle"
+    )
     layers = plotting.layers(runs["fa"])
     lines += [
       f"## Alignment curves ({args.steps} steps per rule, diagnostics every {args.every})",
       "",
-      f"PNG: `{os.path.relpath(args.png, ROOT)}`. SGD momentum 0.9, lr {args.lr}, batch "
+      f"PNGs: `{os.path.relpath(args.png, ROOT)}` (update and delta angles), "
+      f"`{os.path.relpath(wb_png, ROOT)}` (W-B angle). SGD momentum 0.9, lr {args.lr}, batch "
       f"{args.batch_size}, mnist5k train (4,000 digits); test error on its 1,000 test digits. "
       f"Angles in degrees, update / delta: first logged step -> mean of the last three. "
       f"Curves took {time.perf_counter() - t1:.0f} s.",

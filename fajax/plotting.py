@@ -76,7 +76,7 @@ def _figure(n_panels: int):
   matplotlib.use("Agg")  # files only, never a display
   import matplotlib.pyplot as plt
 
-  cols = min(n_panels, 3)
+  cols = 2 if n_panels == 4 else min(n_panels, 3)
   rows = math.ceil(n_panels / cols)
   fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
   for ax in axes.flat[n_panels:]:
@@ -89,14 +89,22 @@ def _angle_axes(ax, layer):
   ax.set_xlabel("step")
   ax.set_ylabel("degrees")
   ax.axhline(90, color="0.7", lw=0.8, ls=":")
-  ax.set_ylim(0, 100)
   ax.grid(alpha=0.3)
 
 
-def _save(plt, fig, path, title):
+def _finish_axes(ax, top):
+  """0 at the bottom; the top a little above 90 degrees, or above the curves when they go higher."""
+  ax.set_ylim(0, min(185.0, max(100.0, top + 5.0)))
+
+
+def _save(plt, fig, axes, path, title):
+  handles, labels = axes[0].get_legend_handles_labels()
+  if handles:  # one legend for the figure, below the panels, so it hides no curve
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8)
   if title:
     fig.suptitle(title)
-  fig.tight_layout()
+  rows = len({round(ax.get_position().y0, 3) for ax in axes})
+  fig.tight_layout(rect=(0, 0.1 / rows if handles else 0, 1, 1))
   path = os.fspath(path)
   if os.path.dirname(path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -122,12 +130,13 @@ def plot_alignment(
   plt, fig, axes = _figure(len(names))
   for ax, layer in zip(axes, names, strict=True):
     _angle_axes(ax, layer)
+    top = 0.0
     for metric in metrics:
       steps, values = alignment_curves(metrics_records, layer, metric)
-      if steps:
-        ax.plot(steps, values, label=metric.replace("_angle", ""))
-  axes[0].legend(fontsize=8)
-  return _save(plt, fig, path, title)
+      ax.plot(steps, values, label=metric.replace("_angle", ""))
+      top = max([top, *values])
+    _finish_axes(ax, top)
+  return _save(plt, fig, axes, path, title)
 
 
 def plot_alignment_runs(
@@ -148,14 +157,15 @@ def plot_alignment_runs(
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for ax, layer in zip(axes, names, strict=True):
     _angle_axes(ax, layer)
+    top = 0.0
     for i, (run, records) in enumerate(runs.items()):
       color = colors[i % len(colors)]
       steps, values = alignment_curves(records, layer, metric)
-      if steps:
-        ax.plot(steps, values, color=color, label=f"{run} {metric.replace('_angle', '')}")
+      ax.plot(steps, values, color=color, label=f"{run} {metric.replace('_angle', '')}")
+      top = max([top, *values])
       if delta and metric != "delta_angle":
         steps, values = alignment_curves(records, layer, "delta_angle")
-        if steps:
-          ax.plot(steps, values, color=color, ls="--", lw=1, label=f"{run} delta")
-  axes[0].legend(fontsize=7)
-  return _save(plt, fig, path, title)
+        ax.plot(steps, values, color=color, ls="--", lw=1, label=f"{run} delta")
+        top = max([top, *values])
+    _finish_axes(ax, top)
+  return _save(plt, fig, axes, path, title)
