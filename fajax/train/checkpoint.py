@@ -31,7 +31,10 @@ class Checkpointer:
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(directory)
     self._options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+      max_to_keep=keep,
+      enable_async_checkpointing=async_save,
+      create=True,
+      cleanup_tmp_directories=True,  # Leftovers of saves killed midway.
     )
     self._manager = self._open()
     self.save_seconds: list[float] = []  # Blocking time of each save call (for benchmarks).
