@@ -380,6 +380,21 @@ def test_kolen_pollack_feedback_converges_geometrically(tmp_path):
     assert np.abs(gap0).max() > 0.1
 
 
+def test_constraints_and_overrides_from_the_config_are_applied(tmp_path):
+  config = tiny_config(rule="fa", overrides={"Dense_1": "bp"}, constraints="ei, const")
+  config.update(learning_rate=2.0, num_steps=3)
+  rule = build_lib.make_rule(config)
+  assert rule.resolve("Dense_0").name == "fa" and rule.resolve("Dense_1").name == "bp"
+  initial = host(build_lib.build(config, model=TinyNet).init(jax.random.PRNGKey(config.seed)))
+  final = host(run(config, tmp_path))
+  assert "Dense_1" not in final.feedback  # bp layers keep no feedback matrix.
+  for layer in ("Dense_0", "Dense_1"):
+    w0, w = initial.params[layer]["kernel"], final.params[layer]["kernel"]
+    assert not np.allclose(w, w0)
+    assert np.all(w * np.sign(w0) >= 0)  # E/I: no entry changed sign.
+    np.testing.assert_allclose(np.linalg.norm(w), np.linalg.norm(w0), rtol=1e-5)  # Const.
+
+
 def test_alignment_diagnostics_are_logged_every_n_steps(tmp_path):
   config = tiny_config(rule="fa", num_steps=4, log_every=1, diagnostics_every=2)
   run(config, tmp_path)
