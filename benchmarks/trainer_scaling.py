@@ -121,6 +121,7 @@ def main():
   if args.child:
     return child(args)
 
+  load = os.getloadavg()[0]
   results = [run_child(args, n) for n in (1, 8)]
   one, eight = results
   ratio = eight["step_median_s"] / one["step_median_s"]
@@ -143,7 +144,8 @@ def main():
       f"Command: `{command.strip()}`  ",
       f"Date: {datetime.date.today().isoformat()}  ",
       f"Hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
-      f"(shared), {platform.system()}; fake devices via XLA_FLAGS, one subprocess each  ",
+      f"(shared; 1-minute load average {load:.1f} at the start), {platform.system()}; fake "
+      "devices via XLA_FLAGS, one subprocess each  ",
       f"Config: {args.model} on {args.dataset}, rule {args.rule}, global batch {args.batch_size} "
       f"(sharded over 'data'), {args.steps} timed steps after {args.warmup} warmup steps; "
       f"state {one['state_mb']:.1f} MB.",
@@ -152,9 +154,10 @@ def main():
       "|---|---|---|---|---|",
       *rows,
       "",
-      f"8-device / 1-device step time: **{ratio:.2f}x**. Fake devices share the same cores, so "
-      "this is the overhead of the sharded program, not a speedup; on real devices each holds "
-      "1/8 of the batch.",
+      f"8-device / 1-device step time: **{ratio:.2f}x**. Fake devices share the host's cores: "
+      "the ratio shows the cost of the sharded program (partitioning, collectives, dispatch), "
+      "or the gain of running the 8 per-device programs on parallel threads, not the speedup "
+      "of 8 real devices, each of which would compute 1/8 of the batch.",
       "",
       "Checkpoint save of the full TrainState (orbax, second save of the run):",
       "",
