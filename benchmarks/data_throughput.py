@@ -73,18 +73,23 @@ def _mock_as_dataset(shape, num_examples, num_classes, jpeg):
 
 
 def _measure(iterator, batch_size, seconds):
-  """(startup seconds, steady-state images/s) of a batch iterator."""
+  """(startup s, steady-state images per wall second, images per CPU second) of an iterator.
+
+  CPU seconds are this process's, all threads (tf.data's included): on a shared machine they
+  are far less sensitive to other processes' load than wall time.
+  """
   start = time.perf_counter()
   next(iterator)
   startup = time.perf_counter() - start
-  start, images = time.perf_counter(), 0
+  start, cpu_start, images = time.perf_counter(), time.process_time(), 0
   while time.perf_counter() - start < seconds:
     try:
       batch = next(iterator)
     except StopIteration:
       break
     images += len(batch["label"])
-  return startup, images / (time.perf_counter() - start)
+  wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+  return startup, images / wall, images / cpu
 
 
 def run_path(name, batch_size, seconds):
@@ -134,11 +139,11 @@ def main():
   print(f"cpu: {_cpu_model()}, nproc={os.cpu_count()}, load average {os.getloadavg()}")
   print(f"jax {jax.__version__}, tensorflow {tf.__version__}, batch_size={args.batch_size}")
   print()
-  print("| path | images/s | startup (s) | mocked images |")
-  print("|---|---:|---:|---|")
+  print("| path | images/s | images per CPU-s | startup (s) | mocked images |")
+  print("|---|---:|---:|---:|---|")
   for name in args.paths:
-    startup, rate, pool = run_path(name, args.batch_size, args.seconds)
-    print(f"| {name} | {rate:,.0f} | {startup:.2f} | {pool} |", flush=True)
+    startup, rate, per_cpu, pool = run_path(name, args.batch_size, args.seconds)
+    print(f"| {name} | {rate:,.0f} | {per_cpu:,.0f} | {startup:.2f} | {pool} |", flush=True)
   print()
   print(f"load average after: {os.getloadavg()}")
 
