@@ -313,6 +313,14 @@ def test_corrupt_newest_checkpoint_is_skipped(tmp_path):
   assert checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [2, 4, 6]
 
 
+def test_a_workdir_of_another_config_is_refused_and_kept(tmp_path):
+  run(tiny_config(num_steps=2, rule="bp"), tmp_path)
+  with pytest.raises(ValueError, match=r"different training state .* lacks feedback/Dense_0"):
+    run(tiny_config(num_steps=2, rule="fa"), tmp_path)
+  assert checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [2]
+  assert not (tmp_path / "corrupt_checkpoints").exists()
+
+
 class PoisonedDigits:
   """fajax.data with NaN images in training batch `index` (a stand-in injected as `dataset=`)."""
 

@@ -40,9 +40,8 @@ class Checkpointer:
     self.save_seconds: list[float] = []  # Blocking time of each save call (for benchmarks).
 
   def _open(self):
-    return ocp.CheckpointManager(
-      self.directory, options=self._options, item_names=("state", "meta")
-    )
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(self.directory, options=self._options, item_handlers=handlers)
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -70,8 +69,26 @@ class Checkpointer:
 
     `abstract_state` gives shapes, dtypes and shardings of the result (so a run can resume on
     another mesh). A checkpoint that fails to restore is moved aside with a warning.
+
+    Raises:
+      ValueError: the newest readable checkpoint holds a state of another structure (the workdir
+        belongs to a different model, rule or optimizer); nothing is moved then.
     """
+    expected = _shapes(abstract_state)
     for step in reversed(self.all_steps()):
+      try:
+        saved = _shapes(self._manager.item_metadata(step)["state"])
+        if not saved:
+          raise ValueError("the checkpoint has no state metadata")
+      except Exception as e:  # Unreadable metadata: a damaged or partial checkpoint.
+        self._set_aside(step, e)
+        continue
+      if saved != expected:
+        raise ValueError(
+          f"The checkpoint of step {step} in {self.directory} holds a different training state "
+          f"than this config builds ({_difference(saved, expected)}); resume with the config it "
+          "was written with (config.json beside it) or use a new workdir."
+        )
       try:
         restored = self._manager.restore(
           step,
@@ -112,3 +129,36 @@ class Checkpointer:
     """Waits for pending saves and releases the manager."""
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _key(entry) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+  """{'params/Dense_0/kernel': (64, 16), ...} for arrays, abstract arrays or orbax metadata."""
+  if tree is None:
+    return {}
+  import jax
+
+  return {
+    "/".join(_key(k) for k in path): tuple(getattr(leaf, "shape", ()))
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
+
+
+def _difference(saved: dict, expected: dict) -> str:
+  missing = sorted(set(expected) - set(saved))
+  extra = sorted(set(saved) - set(expected))
+  shapes = sorted(k for k in set(saved) & set(expected) if saved[k] != expected[k])
+  parts = []
+  if missing:
+    parts.append(f"it lacks {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
+  if extra:
+    parts.append(f"it has extra {', '.join(extra[:3])}" + (" ..." if len(extra) > 3 else ""))
+  for k in shapes[:3]:
+    parts.append(f"{k} is {saved[k]}, expected {expected[k]}")
+  return "; ".join(parts)

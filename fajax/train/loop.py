@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 
 from fajax.train import build as build_lib
+from fajax.train import config as config_lib
 from fajax.train import state as state_lib
 
 CHECKPOINT_DIR = "checkpoints"
@@ -144,7 +145,8 @@ def train_and_evaluate(
     NonFiniteLossError: the loss became non-finite and config.on_nan is 'stop'; the last good
       state is saved as a checkpoint first.
   """
-  if config.distributed:
+  config_lib.validate(config, check_dataset=dataset is None, check_model=model is None)
+  if config.distributed:  # Before anything asks for devices.
     _initialize_distributed()
   exp = build_lib.build(config, model=model, dataset=dataset)
   from fajax.train import checkpoint as checkpoint_lib  # Lazy: orbax is heavy to import.
