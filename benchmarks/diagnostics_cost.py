@@ -218,7 +218,11 @@ def main():
     )
     wb_png = args.png.replace(".png", "_wb.png")
     plotting.plot_alignment_runs(
-      runs, wb_png, title="MNIST net on mnist5k: angle between W and B", metric="wb_angle"
+      runs,
+      wb_png,
+      title="MNIST net on mnist5k: angle between W and B",
+      metric="wb_angle",
+      delta=False,
     )
     layers = plotting.layers(runs["fa"])
     lines += [

@@ -102,27 +102,21 @@ def _delta_zeros(loss_fn: LossFn, params) -> dict:
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def _rule_pass(loss_fn: LossFn, params, zeros, rule_grads, mutable=()):
-  """The rule's loss, weight gradients, deltas, feedback matrices and loss_fn's other outputs."""
+def _rule_pass(loss_fn: LossFn, params, zeros, rule_grads):
+  """The rule's weight gradients, deltas and feedback matrices on the step's batch."""
 
   def loss(p, deltas):
-    value, mutated = loss_fn(p, {layers.DELTAS: deltas}, (*mutable, layers.FEEDBACK_MATRICES))
-    mutated = dict(flax.core.unfreeze(mutated))
-    feedback = mutated.pop(layers.FEEDBACK_MATRICES, {})
-    mutated.pop(layers.DELTAS, None)
-    return value, (feedback, mutated)
+    value, mutated = loss_fn(p, {layers.DELTAS: deltas}, (layers.FEEDBACK_MATRICES,))
+    return value, flax.core.unfreeze(mutated).get(layers.FEEDBACK_MATRICES, {})
 
   with layers.capture_deltas(), layers.capture_feedback():
     if rule_grads is None:
-      (value, aux), (grads, deltas) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
-        params, zeros
-      )
+      (grads, deltas), feedback = jax.grad(loss, argnums=(0, 1), has_aux=True)(params, zeros)
     else:
       # The train step already has the weight gradients: only the deltas are needed.
-      (value, aux), deltas = jax.value_and_grad(lambda d: loss(params, d), has_aux=True)(zeros)
+      deltas, feedback = jax.grad(lambda d: loss(params, d), has_aux=True)(zeros)
       grads = rule_grads
-  feedback, mutated = aux
-  return value, grads, deltas, feedback, mutated
+  return grads, deltas, feedback
 
 
 def _backprop_pass(loss_fn: LossFn, params, zeros):
@@ -156,7 +150,7 @@ def alignment_metrics(loss_fn: LossFn, params, rule_grads=None) -> dict[str, jax
     fajax layer, the layer path being "/".join of its module path (e.g. "Block_0/Conv_1").
   """
   zeros = _delta_zeros(loss_fn, params)
-  _, grads, deltas, feedback, _ = _rule_pass(loss_fn, params, zeros, rule_grads)
+  grads, deltas, feedback = _rule_pass(loss_fn, params, zeros, rule_grads)
   return _compare(loss_fn, params, zeros, grads, deltas, feedback)
 
 
@@ -187,9 +181,10 @@ def maybe_alignment_metrics(
 ) -> dict[str, jax.Array]:
   """`alignment_metrics` on steps where `should_run(step, every)`, NaNs on the others.
 
-  For a single jitted train step: `lax.cond` runs the two extra passes only on diagnostic steps
-  (the other branch costs nothing). Returns {} when `every` is 0. The caller writes the metrics
-  only when `should_run(step, every)` holds on the host.
+  For a single jitted train step: `lax.cond` runs the two extra passes only on diagnostic steps.
+  Not free: benchmarks/diagnostics_cost.py measured the other steps 13-30% slower than a step
+  without it, so a trainer should rather jit a separate diagnostics step. Returns {} when `every`
+  is 0. The caller writes the metrics only when `should_run(step, every)` holds on the host.
   """
   if not every:
     return {}
