@@ -40,7 +40,7 @@ def test_names_and_info():
     (dict(split="valid"), ["valid", "train", "test"]),
     (dict(name="cifar10", crop=28), ["crop=28", "24, 32"]),
     (dict(name="cifar10", zoom=2), ["zoom", "crop"]),
-    (dict(name="mnist5k", crop=24), ["crop", "[]"]),
+    (dict(name="mnist5k", crop=24), ["crop", "channels", "image_size"]),
     (dict(batch_size=0), ["batch_size"]),
     (dict(process_index=2, process_count=2), ["process_index=2"]),
   ],
@@ -403,3 +403,18 @@ def test_prefetch_to_device_keeps_values_and_sharding(monkeypatch):
       assert np.array_equal(np.asarray(dev["label"]), host["label"])
   assert sharded[0]["image"].sharding == sharding
   assert assembled[0]["label"].sharding == sharding
+
+
+def test_embedded_resize_and_channels_keep_the_digits():
+  """image_size/channels serve the same real digits at another shape (for runlocal configs)."""
+  small, labels = data.embedded.load("mnist5k", "test")
+  big, labels_big = data.embedded.load("mnist5k", "test", image_size=56, channels=3)
+  assert big.shape == (1000, 56, 56, 3) and np.array_equal(labels, labels_big)
+  assert np.array_equal(big[..., 0], big[..., 2])
+  # Downsampling the 2x image again gives back the original to interpolation error.
+  assert np.abs(big[:, ::2, ::2, :1] - small).mean() < 0.05
+  batch = next(data.get("mnist5k", "train", 8, image_size=32, channels=3))
+  assert batch["image"].shape == (8, 32, 32, 3)
+  assert data.info("mnist5k", image_size=32, channels=3).image_shape == (32, 32, 3)
+  with pytest.raises(ValueError, match="channels"):
+    data.get("mnist5k", "train", 8, channels=2)

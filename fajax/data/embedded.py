@@ -8,6 +8,10 @@
   the rest test -> 1,433 train / 364 test.
 
 Images are float32 in [0, 1] (mnist5k / 255, digits / 16), labels int32. No TensorFlow.
+
+Options `image_size` (bilinear resize to a square size) and `channels` (1, or 3 by repeating the
+grey channel) let any model run on these real digits offline, e.g. a CIFAR-10 net's `runlocal`
+smoke configs (fajax.table.runlocal).
 """
 
 import functools
@@ -72,12 +76,33 @@ def _splits(name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   return out
 
 
-def load(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Returns (images float32 [N, H, W, 1] in [0, 1], labels int32 [N]) of an embedded split.
+@functools.cache
+def _reshaped(name: str, split: str, image_size: int, channels: int):
+  """A split resized to image_size x image_size and repeated to `channels` (cached, read-only)."""
+  images, labels = _splits(name)[split]
+  size = images.shape[1]
+  if image_size != size:
+    from scipy import ndimage  # scikit-learn's dependency; only needed for resizing.
+
+    zoom = image_size / size
+    images = ndimage.zoom(images, (1, zoom, zoom, 1), order=1, grid_mode=True, mode="nearest")
+    images = np.clip(images, 0.0, 1.0).astype(np.float32)
+  if channels != images.shape[-1]:
+    images = np.repeat(images, channels, axis=-1)
+  images.flags.writeable = False
+  return images, labels
+
+
+def load(
+  name: str, split: str, image_size: int | None = None, channels: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+  """Returns (images float32 [N, H, W, C] in [0, 1], labels int32 [N]) of an embedded split.
 
   Args:
     name: 'mnist5k' or 'digits'.
     split: 'train' or 'test' (the fixed stratified split described in the module docstring).
+    image_size: resize to this square size (bilinear); None keeps the native size.
+    channels: 1, or 3 to repeat the grey channel (for colour-image models).
 
   The arrays are cached and read-only; copy them before modifying.
   """
@@ -85,7 +110,10 @@ def load(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"Unknown embedded dataset {name!r}; choose one of {list(NAMES)}.")
   if split not in SPLITS:
     raise ValueError(f"Unknown split {split!r} for {name!r}; choose one of {list(SPLITS)}.")
-  return _splits(name)[split]
+  native = IMAGE_SHAPES[name][0]
+  if (image_size is None or image_size == native) and channels == 1:
+    return _splits(name)[split]
+  return _reshaped(name, split, image_size or native, channels)
 
 
 def batches(
@@ -97,13 +125,15 @@ def batches(
   start_step: int,
   process_index: int,
   process_count: int,
+  image_size: int | None = None,
+  channels: int = 1,
 ) -> Iterator[batching.Batch]:
   """Batches of an embedded split: see `fajax.data.get` for the contract.
 
   train: infinite; batch k is a pure function of (seed, k, process_index, process_count).
   test: one ordered pass over this process's shard, padded, with a 'mask'.
   """
-  images, labels = load(name, split)
+  images, labels = load(name, split, image_size, channels)
   if split == "train":
     return batching.train_batches(
       images,

@@ -74,10 +74,26 @@ def _square(key, channels):
   return lambda options: (options[key], options[key], channels)
 
 
+def _embedded_shape(options):
+  return (options["image_size"], options["image_size"], options["channels"])
+
+
 _AUGMENT = _Option(True, (True, False))
 _SPECS: dict[str, _Spec] = {
-  "mnist5k": _Spec("embedded", 10, *embedded.SIZES["mnist5k"], _fixed((28, 28, 1)), {}),
-  "digits": _Spec("embedded", 10, *embedded.SIZES["digits"], _fixed((8, 8, 1)), {}),
+  "mnist5k": _Spec(
+    "embedded",
+    10,
+    *embedded.SIZES["mnist5k"],
+    _embedded_shape,
+    {"image_size": _Option(28), "channels": _Option(1, (1, 3))},
+  ),
+  "digits": _Spec(
+    "embedded",
+    10,
+    *embedded.SIZES["digits"],
+    _embedded_shape,
+    {"image_size": _Option(8), "channels": _Option(1, (1, 3))},
+  ),
   "mnist": _Spec(
     "tfds", 10, 60_000, 10_000, _fixed((28, 28, 1)), {"shuffle_buffer": _Option(60_000)}
   ),
@@ -223,7 +239,7 @@ def get(
     seed=seed, start_step=start_step, process_index=process_index, process_count=process_count
   )
   if spec.source == "embedded":
-    return embedded.batches(name, split, batch_size, **common)
+    return embedded.batches(name, split, batch_size, **common, **resolved)
   # Imported here: TensorFlow is an optional extra that only the tfds sets need.
   from fajax.data import tfds_pipeline
 
