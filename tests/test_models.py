@@ -1,0 +1,617 @@
+"""The model zoo: parameter counts, one train step under every rule, bp == jax.grad, pooling.
+
+Speed (the file should stay around 2 minutes on 2 CPU cores):
+- Test-only input sizes: the ImageNet ResNets run at 32x32 and the AlexNets at 64x64 (the
+  smallest their downsampling allows); their reference resolution (224x224) is only traced
+  (jax.eval_shape), never run. Parameter counts come from jax.eval_shape.
+- Each case compiles init and the train step as ONE jitted function, and draws keys with the
+  `unsafe_rbg` PRNG, which compiles and runs far faster than threefry on CPU (a test-only choice:
+  the models take whatever keys they are given).
+- The small nets run every registered rule, one jitted step each. The big nets (ResNets, AlexNets)
+  run one jitted step in which the layer-local rules (those that only choose B) are spread over
+  their layers through per-layer overrides, so every such rule trains every kind of layer of
+  every model in one compilation; bp itself is run by the bp == jax.grad test. Rules that act
+  beyond their layer (direct feedback: dfa, densefa, ...) run jitted on resnet20 and are traced on
+  the other big nets. A rule whose feedback would not fit in FEEDBACK_BUDGET_GIB for a model
+  (densefa's matrices grow with activation size squared) is skipped with the reason.
+"""
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import fajax
+from fajax import direct, models, rules
+from fajax.models import layers as model_layers
+from fajax.models import stats
+
+KEY_IMPL = "unsafe_rbg"
+BATCH = 2
+FEEDBACK_BUDGET_GIB = 0.5
+SMALL = ["mnist_net", "lenet", "cifar10_arch1", "imagenet_arch1", "cifar10_arch2"]
+BIG = ["resnet20", "resnet56", "resnet18", "resnet50", "alexnet", "imagenet_arch2"]
+# Test-only resolutions for the ImageNet models (see the module docstring).
+TEST_SIZE = {"resnet18": 32, "resnet50": 32, "alexnet": 64, "imagenet_arch2": 64}
+WITH_BATCH_NORM = {
+  "cifar10_arch2",
+  "imagenet_arch2",
+  "resnet18",
+  "resnet20",
+  "resnet50",
+  "resnet56",
+}
+ALL_RULES = rules.names()
+
+
+def _is_local(name):
+  """A rule that only chooses each layer's B (no input/output hooks): it can be mixed per layer."""
+  cls = type(rules.get(name))
+  return cls.input_hook is rules.Rule.input_hook and cls.output_hook is rules.Rule.output_hook
+
+
+LOCAL_RULES = [r for r in ALL_RULES if _is_local(r)]
+NONLOCAL_RULES = [r for r in ALL_RULES if not _is_local(r)]
+MIXED = "mixed"  # label of the big nets' step with the layer-local rules spread over the layers
+MIXED_RULES = [r for r in LOCAL_RULES if r != "bp"]  # bp runs on its own (== jax.grad test)
+JITTED_DIRECT = "resnet20"  # the big net on which direct-feedback rules are compiled and run
+FIRST_LAYER = "conv1"  # every model's first layer
+
+
+def _key(seed):
+  return jax.random.key(seed, impl=KEY_IMPL)
+
+
+def _test_shape(name):
+  return models.input_shape(name, TEST_SIZE.get(name))
+
+
+def _batch(name, num_classes=10):
+  x = jax.random.normal(jax.random.key(0), (BATCH, *_test_shape(name)), jnp.float32)
+  y = jnp.arange(BATCH, dtype=jnp.int32) % num_classes
+  return x, y
+
+
+def _kernel_paths(name):
+  shapes = stats.variable_shapes(models.get(name, num_classes=10), _test_shape(name))
+  paths = []
+  for path, _ in jax.tree_util.tree_leaves_with_path(shapes["params"]):
+    keys = [str(p.key) for p in path]
+    if keys[-1] == "kernel":
+      paths.append("/".join(keys[:-1]))
+  return paths
+
+
+def _mixed_rule(name, rule_names):
+  """bp, with the rules in `rule_names` assigned round-robin to the model's layers."""
+  overrides = {path: rule_names[i % len(rule_names)] for i, path in enumerate(_kernel_paths(name))}
+  return rules.get("bp", overrides=overrides)
+
+
+def _over_budget(model, name, rule):
+  """Why `rule` cannot run on `name` here (its feedback matrices are too big), or None."""
+  report = direct.feedback_memory(model, (1, *_test_shape(name)), train=False)
+  if report.gib_feedback > FEEDBACK_BUDGET_GIB:
+    return (
+      f"{rule} on {name} needs {report.gib_feedback:.1f} GiB of feedback matrices "
+      f"(budget {FEEDBACK_BUDGET_GIB} GiB)."
+    )
+  return None
+
+
+def _loss_fn(model, variables, x, y, key):
+  def loss(params):
+    logits, state = fajax.apply(
+      model,
+      {**variables, "params": params},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": jax.random.fold_in(key, 1), "feedback": jax.random.fold_in(key, 2)},
+    )
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, state)
+
+  return loss
+
+
+def _init_and_step(model, x, y, key):
+  """model.init and one SGD train step (grads, update, batch-norm statistics), all traced once."""
+  variables = model.init({"params": key, "dropout": key}, x, train=False)
+  grad_fn = jax.value_and_grad(_loss_fn(model, variables, x, y, key), has_aux=True)
+  (loss, (logits, state)), grads = grad_fn(variables["params"])
+  tx = optax.sgd(0.1)
+  updates, _ = tx.update(grads, tx.init(variables["params"]), variables["params"])
+  new_params = optax.apply_updates(variables["params"], updates)
+  return dict(
+    variables=variables, loss=loss, logits=logits, grads=grads, params=new_params, state=state
+  )
+
+
+def _flat(tree):
+  return {
+    "/".join(str(getattr(k, "key", k)) for k in path): leaf
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
+
+
+def _summary(out, reference=None):
+  """What the tests check about one train step, reduced inside the jitted function (scalars and
+  logits only, so that a group of steps on a 57M-parameter AlexNet stays small in memory)."""
+  grads, old, new = out["grads"], out["variables"]["params"], out["params"]
+  before = jax.tree.leaves(out["variables"].get("batch_stats", {}))
+  after = jax.tree.leaves(out["state"].get("batch_stats", {}))
+  summary = dict(
+    loss=out["loss"],
+    logits=out["logits"],
+    grads_finite=jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])),
+    # The error reached both ends of the network: the classifier and the first layer learn.
+    head_grad=jnp.abs(grads["head"]["kernel"]).sum(),
+    first_grad=jnp.abs(grads[FIRST_LAYER]["kernel"]).sum(),
+    first_changed=jnp.any(old[FIRST_LAYER]["kernel"] != new[FIRST_LAYER]["kernel"]),
+    num_batch_stats=len(after),
+    batch_stats_changed=jnp.any(
+      jnp.array([jnp.any(a != b) for a, b in zip(before, after, strict=True)])
+    )
+    if after
+    else jnp.array(False),
+  )
+  if reference is not None:  # max |ours - reference| of every compared leaf
+    fields = ["variables", "logits", "loss", "grads", "state", "params"]
+    ours = _flat({f: out[f] for f in fields})
+    ref = _flat({f: reference[f] for f in fields})
+    assert ours.keys() == ref.keys(), sorted(set(ours) ^ set(ref))
+    summary["max_diff"] = {k: jnp.max(jnp.abs(ours[k] - ref[k])) for k in ours}
+  return summary
+
+
+def _check(name, label, summary, num_classes=10):
+  where = f"{name} under {label}"
+  assert summary["logits"].shape == (BATCH, num_classes), where
+  assert summary["logits"].dtype == np.float32, where
+  assert np.isfinite(summary["loss"]), where
+  assert summary["grads_finite"], where
+  assert summary["head_grad"] > 0 and summary["first_grad"] > 0, where
+  assert summary["first_changed"], where
+  if name in WITH_BATCH_NORM:
+    assert summary["num_batch_stats"] > 0 and summary["batch_stats_changed"], where
+  else:
+    assert summary["num_batch_stats"] == 0, where
+
+
+@functools.cache
+def _cases(name):
+  """The models one compilation trains for `name`: {label: model}, and {rule: skip reason}.
+
+  Small nets: every registered rule. Big nets: bp, and the layer-local rules mixed over the
+  layers; resnet20 also every direct-feedback rule. Always "plain": nn.Dense / nn.Conv.
+  """
+  cases = {"plain": models.get(name, num_classes=10, dense=nn.Dense, conv=nn.Conv)}
+  skipped = {}
+  if name in SMALL:
+    wanted = ALL_RULES
+  else:
+    cases["bp"] = models.get(name, num_classes=10, rule="bp")
+    cases[MIXED] = models.get(name, num_classes=10, rule=_mixed_rule(name, MIXED_RULES))
+    wanted = NONLOCAL_RULES if name == JITTED_DIRECT else []
+  for rule in wanted:
+    model = models.get(name, num_classes=10, rule=rule)
+    reason = _over_budget(model, name, rule)
+    if reason:
+      skipped[rule] = reason
+    else:
+      cases[rule] = model
+  return cases, skipped
+
+
+@functools.cache
+def _train_steps(name):
+  """One jitted function running init + one train step for every case of `name`.
+
+  One compilation per model instead of one per rule: the forward pass and the initialization
+  are the same for every rule, and XLA computes them once.
+  """
+  cases, _ = _cases(name)
+  x, y = _batch(name)
+
+  def run(x, y, key):
+    outs = {label: _init_and_step(model, x, y, key) for label, model in cases.items()}
+    return {
+      label: _summary(out, outs["plain"] if label == "bp" else None) for label, out in outs.items()
+    }
+
+  return jax.device_get(jax.jit(run)(x, y, _key(0)))
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_registry_names_shapes_and_errors():
+  assert models.names() == sorted(
+    [
+      "alexnet",
+      "cifar10_arch1",
+      "cifar10_arch2",
+      "imagenet_arch1",
+      "imagenet_arch2",
+      "lenet",
+      "mnist_net",
+      "resnet18",
+      "resnet20",
+      "resnet50",
+      "resnet56",
+    ]
+  )
+  assert models.input_shape("mnist_net") == (28, 28, 1)
+  assert models.input_shape("lenet") == (28, 28, 1)
+  assert models.input_shape("cifar10_arch1") == (24, 24, 3)
+  assert models.input_shape("cifar10_arch2") == (32, 32, 3)
+  assert models.input_shape("imagenet_arch1") == (32, 32, 3)
+  assert models.input_shape("imagenet_arch1", image_size=64) == (64, 64, 3)
+  for name in ["imagenet_arch2", "alexnet", "resnet18", "resnet50"]:
+    assert models.input_shape(name) == (224, 224, 3)
+  for name in ["resnet20", "resnet56"]:
+    assert models.input_shape(name) == (32, 32, 3)
+  with pytest.raises(ValueError, match="Unknown model 'vgg16'.*mnist_net"):
+    models.get("vgg16", num_classes=10)
+  with pytest.raises(ValueError, match="Unknown option.*widht.*valid options are:.*dtype"):
+    models.get("resnet20", num_classes=10, widht=2)
+  with pytest.raises(ValueError, match="stage_sizes"):  # fixed by the registry entry
+    models.get("resnet18", num_classes=10, stage_sizes=(1, 1, 1, 1))
+  with pytest.raises(ValueError, match="Unknown model"):
+    models.input_shape("nope")
+  model = models.get("resnet20", num_classes=7, rule="fa", dtype=jnp.bfloat16)
+  assert (model.num_classes, model.rule, model.dtype) == (7, "fa", jnp.bfloat16)
+  assert models.get("imagenet_arch1").num_classes == 1000  # dataset default
+
+
+def test_plain_flax_layers_refuse_a_rule():
+  model = models.get("mnist_net", num_classes=10, rule="fa", dense=nn.Dense, conv=nn.Conv)
+  with pytest.raises(ValueError, match="takes no `rule`.*fajax.convert"):
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+
+
+def test_arch1_pooling_option_is_checked():
+  model = models.get("cifar10_arch1", num_classes=10, pooling="3x3")
+  with pytest.raises(ValueError, match="pooling must be one of 3x3s2, 2x2"):
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 24, 24, 3)))
+
+
+# ----------------------------------------------------------------------------- parameter counts
+
+# Hand-computed parameter counts: kernel h*w*in*out (+ bias out), BN scale+bias 2*C.
+HAND_COUNTS = {
+  # conv5x5x32, conv5x5x64 (SAME, 28 -> 14 -> 7), fc 7*7*64 -> 1024, fc 1024 -> 10.
+  "mnist_net": (5 * 5 * 1 * 32 + 32)
+  + (5 * 5 * 32 * 64 + 64)
+  + (7 * 7 * 64 * 1024 + 1024)
+  + (1024 * 10 + 10),
+  # conv6 (pad 2: 28 -> 28 -> pool 14), conv16 (VALID: 10 -> pool 5), conv120 (1x1), fc84, fc10.
+  "lenet": (5 * 5 * 1 * 6 + 6)
+  + (5 * 5 * 6 * 16 + 16)
+  + (5 * 5 * 16 * 120 + 120)
+  + (120 * 84 + 84)
+  + (84 * 10 + 10),
+  # 24x24 crops: conv5x5x64 -> pool 12 -> conv5x5x64 -> pool 6; fc 6*6*64 -> 384 -> 192 -> 10.
+  "cifar10_arch1": (5 * 5 * 3 * 64 + 64)
+  + (5 * 5 * 64 * 64 + 64)
+  + (6 * 6 * 64 * 384 + 384)
+  + (384 * 192 + 192)
+  + (192 * 10 + 10),
+  # The same net on 32x32 downsampled ImageNet: 32 -> 16 -> 8; 1000 classes.
+  "imagenet_arch1": (5 * 5 * 3 * 64 + 64)
+  + (5 * 5 * 64 * 64 + 64)
+  + (8 * 8 * 64 * 384 + 384)
+  + (384 * 192 + 192)
+  + (192 * 1000 + 1000),
+  # 6 bias-free 3x3 convs each with BN (2C), 32 -> 4 after 3 pools; fc 4*4*256 -> 512 + BN, fc 10.
+  "cifar10_arch2": (3 * 3 * 3 * 64 + 2 * 64)
+  + (3 * 3 * 64 * 64 + 2 * 64)
+  + (3 * 3 * 64 * 128 + 2 * 128)
+  + (3 * 3 * 128 * 128 + 2 * 128)
+  + (3 * 3 * 128 * 256 + 2 * 256)
+  + (3 * 3 * 256 * 256 + 2 * 256)
+  + (4 * 4 * 256 * 512 + 2 * 512)
+  + (512 * 10 + 10),
+  # torchvision AlexNet: convs with bias, fc 256*6*6 -> 4096 -> 4096 -> 1000.
+  "alexnet": (11 * 11 * 3 * 64 + 64)
+  + (5 * 5 * 64 * 192 + 192)
+  + (3 * 3 * 192 * 384 + 384)
+  + (3 * 3 * 384 * 256 + 256)
+  + (3 * 3 * 256 * 256 + 256)
+  + (256 * 6 * 6 * 4096 + 4096)
+  + (4096 * 4096 + 4096)
+  + (4096 * 1000 + 1000),
+  # The same with BN after every conv / hidden fc (their biases dropped, BN scale+bias added).
+  "imagenet_arch2": (11 * 11 * 3 * 64 + 2 * 64)
+  + (5 * 5 * 64 * 192 + 2 * 192)
+  + (3 * 3 * 192 * 384 + 2 * 384)
+  + (3 * 3 * 384 * 256 + 2 * 256)
+  + (3 * 3 * 256 * 256 + 2 * 256)
+  + (256 * 6 * 6 * 4096 + 2 * 4096)
+  + (4096 * 4096 + 2 * 4096)
+  + (4096 * 1000 + 1000),
+  # He et al. option A: stem conv3x3x16+BN; per stage n blocks of two 3x3 convs + BN each (the
+  # first block of stages 2, 3 maps 16->32, 32->64); shortcuts have no parameters; fc 64 -> 10.
+  "resnet20": (3 * 3 * 3 * 16 + 32)
+  + 3 * 2 * (3 * 3 * 16 * 16 + 32)
+  + (3 * 3 * 16 * 32 + 64)
+  + (3 * 3 * 32 * 32 + 64)
+  + 2 * 2 * (3 * 3 * 32 * 32 + 64)
+  + (3 * 3 * 32 * 64 + 128)
+  + (3 * 3 * 64 * 64 + 128)
+  + 2 * 2 * (3 * 3 * 64 * 64 + 128)
+  + (64 * 10 + 10),
+}
+PUBLISHED_COUNTS = {"resnet18": 11_689_512, "resnet50": 25_557_032, "alexnet": 61_100_840}
+APPROX_COUNTS = {"resnet20": 0.27e6, "resnet56": 0.85e6}  # He et al. 2016, Table 6
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_parameter_counts(name):
+  count = stats.param_count(name)
+  if name in HAND_COUNTS:
+    assert count == HAND_COUNTS[name]
+  if name in PUBLISHED_COUNTS:
+    assert count == PUBLISHED_COUNTS[name]
+  if name in APPROX_COUNTS:
+    assert round(count / 1e4) * 1e4 == APPROX_COUNTS[name]
+  assert name in HAND_COUNTS or name in PUBLISHED_COUNTS or name in APPROX_COUNTS
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_default_resolution_shapes_and_stable_names(name):
+  """At the reference input size (traced only): logits [B, classes] float32, params float32 in
+  bf16 mode, and the same parameter tree under bp, fa and with plain Flax layers."""
+  shape = (1, *models.input_shape(name))
+  shapes = {}
+  for label, kw in {
+    "bp": {},
+    "fa": {"rule": "fa"},
+    "plain": {"dense": nn.Dense, "conv": nn.Conv},
+    "bf16": {"dtype": jnp.bfloat16},
+  }.items():
+    model = models.get(name, num_classes=5, **kw)
+    shapes[label] = stats.variable_shapes(model, shape[1:])
+    out = jax.eval_shape(
+      functools.partial(model.apply, train=False), shapes[label], jnp.zeros(shape, jnp.float32)
+    )
+    assert out.shape == (1, 5) and out.dtype == jnp.float32
+  structure = jax.tree.structure(shapes["bp"]["params"])
+  for label in ["fa", "plain", "bf16"]:
+    assert jax.tree.structure(shapes[label]["params"]) == structure
+  assert {leaf.dtype for leaf in jax.tree.leaves(shapes["bf16"]["params"])} == {
+    jnp.dtype("float32")
+  }
+  assert "head" in shapes["bp"]["params"]
+  # fa keeps one fixed B per kernel, in `feedback`, never in `params`.
+  assert _kernel_paths_at(shapes["fa"]["feedback"]) == _kernel_paths_at(shapes["bp"]["params"])
+
+
+def _kernel_paths_at(params):
+  return {
+    "/".join(str(p.key) for p in path[:-1])
+    for path, _ in jax.tree_util.tree_leaves_with_path(params)
+    if str(path[-1].key) == "kernel"
+  }
+
+
+# ----------------------------------------------------------------------------- train steps
+
+
+@pytest.mark.parametrize("rule", ALL_RULES)
+@pytest.mark.parametrize("name", SMALL)
+def test_small_nets_train_step_every_rule(name, rule):
+  _, skipped = _cases(name)
+  if rule in skipped:
+    pytest.skip(skipped[rule])
+  _check(name, rule, _train_steps(name)[rule])
+
+
+@pytest.mark.parametrize("name", BIG)
+def test_big_nets_train_step_layer_local_rules_mixed(name):
+  cases, _ = _cases(name)
+  assigned = {cases[MIXED].rule.resolve(p).name for p in _kernel_paths(name)}
+  assert assigned == set(MIXED_RULES)  # every layer-local rule trains some layers
+  _check(name, MIXED, _train_steps(name)[MIXED])
+
+
+@pytest.mark.parametrize("rule", NONLOCAL_RULES)
+@pytest.mark.parametrize("name", BIG)
+def test_big_nets_direct_feedback_rules(name, rule):
+  model = models.get(name, num_classes=10, rule=rule)
+  reason = _over_budget(model, name, rule)
+  if reason:
+    pytest.skip(reason)
+  if name == JITTED_DIRECT:
+    _check(name, rule, _train_steps(name)[rule])
+  else:  # traced only: compiling every big net under every direct rule is too slow here
+    x, y = _batch(name)
+    out = jax.eval_shape(functools.partial(_init_and_step, model), x, y, _key(0))
+    assert out["logits"].shape == (BATCH, 10) and out["loss"].shape == ()
+    assert jax.tree.structure(out["grads"]) == jax.tree.structure(out["variables"]["params"])
+
+
+@pytest.mark.parametrize("name", SMALL + BIG)
+def test_bp_equals_jax_grad_of_plain_flax_model(name):
+  """bp through fajax layers == jax.grad of the same model built from nn.Dense / nn.Conv.
+
+  Bit for bit (max difference 0.0): the bp backward pass evaluates the same transposes autodiff
+  does. Initial parameters, batch-norm statistics, dropout masks (same rng, same module paths),
+  logits, loss, gradients and updated parameters are all identical.
+  """
+  steps = _train_steps(name)
+  _check(name, "plain", steps["plain"])
+  _check(name, "bp", steps["bp"])
+  diffs = {k: float(v) for k, v in steps["bp"]["max_diff"].items()}
+  assert (
+    "logits" in diffs and "grads/head/kernel" in diffs and f"grads/{FIRST_LAYER}/kernel" in diffs
+  )
+  assert {k: v for k, v in diffs.items() if v != 0.0} == {}
+
+
+# ----------------------------------------------------------------------------- modes and dtype
+
+
+def test_batch_norm_train_and_eval_modes():
+  name = "cifar10_arch2"
+  model = models.get(name, num_classes=10)
+  x, _ = _batch(name)
+
+  @jax.jit
+  def run(x):
+    variables = model.init(_key(0), x, train=False)
+    train_out, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    eval_out = model.apply(variables, x, train=False)
+    eval_new = model.apply({**variables, **state}, x, train=False)
+    return variables, train_out, state, eval_out, eval_new
+
+  variables, train_out, state, eval_out, eval_new = run(x)
+  # Running statistics: new = 0.9 * old + 0.1 * batch statistic (momentum 0.9, as in PyTorch).
+  mean0 = variables["batch_stats"]["bn1"]["mean"]
+  np.testing.assert_array_equal(mean0, 0.0)
+  h = jax.lax.conv_general_dilated(
+    x,
+    variables["params"]["conv1"]["kernel"],
+    (1, 1),
+    "SAME",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
+  np.testing.assert_allclose(
+    state["batch_stats"]["bn1"]["mean"], 0.1 * h.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6
+  )
+  # Training normalizes with batch statistics, evaluation with the running ones.
+  assert not np.allclose(train_out, eval_out)
+  assert not np.allclose(eval_out, eval_new)
+  with pytest.raises(Exception, match="batch_stats"):  # Flax: train=True needs mutable stats
+    model.apply(variables, x, train=True)
+
+
+def test_dropout_only_in_train_mode():
+  name = "alexnet"
+  model = models.get(name, num_classes=10)
+  x, _ = _batch(name)
+  variables = stats.variable_shapes(model, _test_shape(name))
+  # Evaluation needs no dropout rng; training does.
+  jax.eval_shape(functools.partial(model.apply, train=False), variables, x)
+  with pytest.raises(Exception, match="dropout"):
+    jax.eval_shape(functools.partial(model.apply, train=True), variables, x)
+
+  @jax.jit
+  def run(x):
+    v = model.init(_key(0), x, train=False)
+    ev = [model.apply(v, x, train=False) for _ in range(2)]
+    tr = [model.apply(v, x, train=True, rngs={"dropout": _key(s)}) for s in (1, 2)]
+    return ev, tr
+
+  (e1, e2), (t1, t2) = run(x)
+  np.testing.assert_array_equal(e1, e2)
+  assert not np.allclose(t1, t2) and not np.allclose(t1, e1)
+
+
+def test_bfloat16_compute_float32_params_and_logits():
+  name = "resnet20"
+  model = models.get(name, num_classes=10, rule="usf", dtype=jnp.bfloat16)
+  x, _ = _batch(name)
+  variables = stats.variable_shapes(model, _test_shape(name))
+  logits, inter = jax.eval_shape(
+    lambda v, x: model.apply(v, x, train=False, capture_intermediates=True), variables, x
+  )
+  assert logits.dtype == jnp.float32
+  assert inter["intermediates"]["conv1"]["__call__"][0].dtype == jnp.bfloat16
+  assert inter["intermediates"]["layer3_2"]["bn2"]["__call__"][0].dtype == jnp.bfloat16
+  assert {leaf.dtype for leaf in jax.tree.leaves(variables["params"])} == {jnp.dtype("float32")}
+
+
+def test_head_override_by_name():
+  name = "mnist_net"
+  model = models.get(name, num_classes=10, rule=rules.get("fa", overrides={"head": "bp"}))
+  shapes = stats.variable_shapes(model, _test_shape(name))
+  assert set(shapes["feedback"]) == {"conv1", "conv2", "fc1"}
+
+
+# ----------------------------------------------------------------------------- pooling
+
+POOL_SHAPES = [(2, 8, 8, 3), (2, 7, 9, 3), (1, 5, 4, 2), (3, 2, 3, 1)]
+
+
+def _ref_pool(x):
+  return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+@pytest.mark.parametrize("shape", POOL_SHAPES)
+def test_max_pool_2x2_equals_nn_max_pool_without_ties(shape):
+  # A permutation of distinct values: no ties anywhere.
+  n = math.prod(shape)
+  x = jax.random.permutation(jax.random.key(1), jnp.arange(n, dtype=jnp.float32)).reshape(shape)
+  x = x / n - 0.5
+  cot = jax.random.normal(jax.random.key(2), _ref_pool(x).shape)
+  y, vjp = jax.vjp(model_layers.max_pool_2x2, x)
+  y_ref, vjp_ref = jax.vjp(_ref_pool, x)
+  assert y.shape == (shape[0], shape[1] // 2, shape[2] // 2, shape[3])  # floor, like VALID
+  np.testing.assert_array_equal(y, y_ref)
+  np.testing.assert_array_equal(vjp(cot)[0], vjp_ref(cot)[0])
+  # Through the model helper too, and under jit.
+  np.testing.assert_array_equal(jax.jit(model_layers.max_pool, static_argnums=(1, 2))(x, 2, 2), y)
+
+
+def test_max_pool_2x2_ties_go_to_the_first_maximum():
+  # One window, all four equal: the cotangent goes to the top-left element only.
+  x = jnp.ones((1, 2, 2, 1))
+  g = jax.grad(lambda x: model_layers.max_pool_2x2(x).sum())(x)
+  np.testing.assert_array_equal(g[0, :, :, 0], [[1.0, 0.0], [0.0, 0.0]])
+  # Bottom row tied (top row smaller): bottom-left wins; right column tied: top-right wins.
+  x = jnp.array([[0.0, 1.0], [2.0, 2.0]]).reshape(1, 2, 2, 1)
+  g = jax.grad(lambda x: model_layers.max_pool_2x2(x).sum())(x)
+  np.testing.assert_array_equal(g[0, :, :, 0], [[0.0, 0.0], [1.0, 0.0]])
+  x = jnp.array([[0.0, 3.0], [1.0, 3.0]]).reshape(1, 2, 2, 1)
+  g = jax.grad(lambda x: model_layers.max_pool_2x2(x).sum())(x)
+  np.testing.assert_array_equal(g[0, :, :, 0], [[0.0, 1.0], [0.0, 0.0]])
+  # Which is also nn.max_pool's choice, on inputs full of ties (rounded, post-ReLU-like zeros).
+  x = jnp.maximum(jnp.round(jax.random.normal(jax.random.key(3), (2, 9, 8, 4))), 0.0)
+  cot = jax.random.normal(jax.random.key(4), (2, 4, 4, 4))
+  np.testing.assert_array_equal(
+    jax.vjp(model_layers.max_pool_2x2, x)[1](cot)[0], jax.vjp(_ref_pool, x)[1](cot)[0]
+  )
+
+
+def test_max_pool_2x2_nan_and_bad_shapes():
+  x = jnp.zeros((1, 2, 2, 1)).at[0, 1, 0, 0].set(jnp.nan)
+  assert np.isnan(model_layers.max_pool_2x2(x)).all()
+  assert np.isnan(_ref_pool(x)).all()
+  with pytest.raises(ValueError, match="NHWC"):
+    model_layers.max_pool_2x2(jnp.zeros((4, 4, 1)))
+  with pytest.raises(ValueError, match=">= 2"):
+    model_layers.max_pool_2x2(jnp.zeros((1, 1, 4, 1)))
+
+
+def test_adaptive_avg_pool_matches_pytorch_bins():
+  # PyTorch bins for 5 -> 3: [0, 2), [1, 4), [3, 5); for 2 -> 3: [0, 1), [0, 2), [1, 2).
+  x = jnp.arange(10, dtype=jnp.float32).reshape(1, 5, 2, 1)
+  y = model_layers.adaptive_avg_pool(x, (3, 3))[0, :, :, 0]
+  rows = [[0, 1], [1, 2, 3], [3, 4]]
+  cols = [[0], [0, 1], [1]]
+  expected = [[np.mean([2 * r + c for r in rs for c in cs]) for cs in cols] for rs in rows]
+  np.testing.assert_allclose(y, expected, rtol=1e-6)
+  z = jnp.ones((2, 6, 6, 3))
+  assert model_layers.adaptive_avg_pool(z, (6, 6)) is z
+
+
+def test_forward_flops_of_mnist_net_by_hand():
+  """XLA's cost analysis counts 2 FLOPs per multiply-add in convs/dots (taps that fall in the
+  SAME padding excluded) plus one per element for elementwise ops: check the dominant terms."""
+
+  # Multiply-adds over valid taps: each output row sees min(...) taps of a 5-tap kernel.
+  def taps(n):  # sum over outputs of valid kernel positions along one axis, SAME, k=5
+    return sum(min(i + 2, n - 1) - max(i - 2, 0) + 1 for i in range(n))
+
+  conv1 = taps(28) ** 2 * 1 * 32
+  conv2 = taps(14) ** 2 * 32 * 64
+  dense = 7 * 7 * 64 * 1024 + 1024 * 10
+  macs = conv1 + conv2 + dense
+  flops = stats.forward_flops("mnist_net")
+  assert 2 * macs <= flops <= 2 * macs * 1.02
