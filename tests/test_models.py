@@ -1,19 +1,23 @@
 """The model zoo: parameter counts, one train step under every rule, bp == jax.grad, pooling.
 
-Speed (the file should stay around 2 minutes on 2 CPU cores):
+Speed (the file should stay around 2 minutes on 2 CPU cores; XLA compilation is the cost):
 - Test-only input sizes: the ImageNet ResNets run at 32x32 and the AlexNets at 64x64 (the
   smallest their downsampling allows); their reference resolution (224x224) is only traced
   (jax.eval_shape), never run. Parameter counts come from jax.eval_shape.
-- Each case compiles init and the train step as ONE jitted function, and draws keys with the
-  `unsafe_rbg` PRNG, which compiles and runs far faster than threefry on CPU (a test-only choice:
-  the models take whatever keys they are given).
-- The small nets run every registered rule, one jitted step each. The big nets (ResNets, AlexNets)
-  run one jitted step in which the layer-local rules (those that only choose B) are spread over
-  their layers through per-layer overrides, so every such rule trains every kind of layer of
-  every model in one compilation; bp itself is run by the bp == jax.grad test. Rules that act
-  beyond their layer (direct feedback: dfa, densefa, ...) run jitted on resnet20 and are traced on
-  the other big nets. A rule whose feedback would not fit in FEEDBACK_BUDGET_GIB for a model
-  (densefa's matrices grow with activation size squared) is skipped with the reason.
+- One compilation per model: a single jitted function initializes and trains one step of every
+  case of the model (plain Flax layers, bp, the other rules). The forward pass and the
+  initialization are the same in every case and XLA computes them once; what the tests check is
+  reduced to scalars inside the function. Keys use the `unsafe_rbg` PRNG, which compiles and
+  runs far faster than threefry on CPU (a test-only choice: models take whatever keys they get).
+- Small nets (mnist_net, lenet, cifar10_arch1, imagenet_arch1, cifar10_arch2) train under every
+  registered rule. The big nets (ResNets, AlexNets) train one step in which the layer-local rules
+  (those that only choose B) are spread over their layers through per-layer overrides, so every
+  such rule trains some conv and dense layers of the model in one compilation (resnet50 and
+  resnet56, the slowest to compile, only trace that step; their layer types are those of
+  resnet18 and resnet20); bp is run by the bp == jax.grad test. Rules that act beyond their
+  layer (direct feedback: dfa, densefa, ...) run jitted on resnet20 and are traced on the other
+  big nets. A rule whose feedback would not fit in FEEDBACK_BUDGET_GIB on a model (densefa's
+  matrices grow with the square of the activation size) is skipped, with the reason.
 """
 
 import functools
@@ -60,6 +64,7 @@ NONLOCAL_RULES = [r for r in ALL_RULES if not _is_local(r)]
 MIXED = "mixed"  # label of the big nets' step with the layer-local rules spread over the layers
 MIXED_RULES = [r for r in LOCAL_RULES if r != "bp"]  # bp runs on its own (== jax.grad test)
 JITTED_DIRECT = "resnet20"  # the big net on which direct-feedback rules are compiled and run
+TRACED_MIXED = {"resnet50", "resnet56"}  # big nets whose mixed-rule step is traced, not compiled
 FIRST_LAYER = "conv1"  # every model's first layer
 
 
@@ -183,6 +188,19 @@ def _check(name, label, summary, num_classes=10):
     assert summary["num_batch_stats"] == 0, where
 
 
+def _mixed_model(name):
+  return models.get(name, num_classes=10, rule=_mixed_rule(name, MIXED_RULES))
+
+
+def _check_traced(name, model):
+  """Traces (jax.eval_shape) init and one train step: shapes and the rule's plumbing, no run."""
+  x, y = _batch(name)
+  out = jax.eval_shape(functools.partial(_init_and_step, model), x, y, _key(0))
+  assert out["logits"].shape == (BATCH, 10) and out["logits"].dtype == jnp.float32
+  assert out["loss"].shape == ()
+  assert jax.tree.structure(out["grads"]) == jax.tree.structure(out["variables"]["params"])
+
+
 @functools.cache
 def _cases(name):
   """The models one compilation trains for `name`: {label: model}, and {rule: skip reason}.
@@ -196,7 +214,8 @@ def _cases(name):
     wanted = ALL_RULES
   else:
     cases["bp"] = models.get(name, num_classes=10, rule="bp")
-    cases[MIXED] = models.get(name, num_classes=10, rule=_mixed_rule(name, MIXED_RULES))
+    if name not in TRACED_MIXED:
+      cases[MIXED] = _mixed_model(name)
     wanted = NONLOCAL_RULES if name == JITTED_DIRECT else []
   for rule in wanted:
     model = models.get(name, num_classes=10, rule=rule)
@@ -414,10 +433,13 @@ def test_small_nets_train_step_every_rule(name, rule):
 
 @pytest.mark.parametrize("name", BIG)
 def test_big_nets_train_step_layer_local_rules_mixed(name):
-  cases, _ = _cases(name)
-  assigned = {cases[MIXED].rule.resolve(p).name for p in _kernel_paths(name)}
+  model = _mixed_model(name)
+  assigned = {model.rule.resolve(p).name for p in _kernel_paths(name)}
   assert assigned == set(MIXED_RULES)  # every layer-local rule trains some layers
-  _check(name, MIXED, _train_steps(name)[MIXED])
+  if name in TRACED_MIXED:
+    _check_traced(name, model)
+  else:
+    _check(name, MIXED, _train_steps(name)[MIXED])
 
 
 @pytest.mark.parametrize("rule", NONLOCAL_RULES)
@@ -430,10 +452,7 @@ def test_big_nets_direct_feedback_rules(name, rule):
   if name == JITTED_DIRECT:
     _check(name, rule, _train_steps(name)[rule])
   else:  # traced only: compiling every big net under every direct rule is too slow here
-    x, y = _batch(name)
-    out = jax.eval_shape(functools.partial(_init_and_step, model), x, y, _key(0))
-    assert out["logits"].shape == (BATCH, 10) and out["loss"].shape == ()
-    assert jax.tree.structure(out["grads"]) == jax.tree.structure(out["variables"]["params"])
+    _check_traced(name, model)
 
 
 @pytest.mark.parametrize("name", SMALL + BIG)
@@ -536,47 +555,69 @@ def test_head_override_by_name():
 
 # ----------------------------------------------------------------------------- pooling
 
-POOL_SHAPES = [(2, 8, 8, 3), (2, 7, 9, 3), (1, 5, 4, 2), (3, 2, 3, 1)]
+# (shape, dtype): even and odd sizes (odd: the last row / column is dropped, as VALID does).
+POOL_CASES = [
+  ((2, 8, 8, 3), jnp.float32),
+  ((2, 7, 9, 3), jnp.float32),
+  ((1, 5, 4, 2), jnp.float32),
+  ((3, 2, 3, 1), jnp.float32),
+  ((1, 8, 8, 3), jnp.bfloat16),  # 192 distinct integers: exact in bfloat16
+]
 
 
 def _ref_pool(x):
   return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
-@pytest.mark.parametrize("shape", POOL_SHAPES)
-def test_max_pool_2x2_equals_nn_max_pool_without_ties(shape):
-  # A permutation of distinct values: no ties anywhere.
-  n = math.prod(shape)
-  x = jax.random.permutation(jax.random.key(1), jnp.arange(n, dtype=jnp.float32)).reshape(shape)
-  x = x / n - 0.5
-  cot = jax.random.normal(jax.random.key(2), _ref_pool(x).shape)
-  y, vjp = jax.vjp(model_layers.max_pool_2x2, x)
-  y_ref, vjp_ref = jax.vjp(_ref_pool, x)
-  assert y.shape == (shape[0], shape[1] // 2, shape[2] // 2, shape[3])  # floor, like VALID
-  np.testing.assert_array_equal(y, y_ref)
-  np.testing.assert_array_equal(vjp(cot)[0], vjp_ref(cot)[0])
-  # Through the model helper too, and under jit.
-  np.testing.assert_array_equal(jax.jit(model_layers.max_pool, static_argnums=(1, 2))(x, 2, 2), y)
+@jax.jit
+def _pool_and_vjp(xs, cots):
+  """(ours, nn.max_pool) forward values and input cotangents for each input, in one compile."""
+  results = []
+  for x, cot in zip(xs, cots, strict=True):
+    y, vjp = jax.vjp(model_layers.max_pool_2x2, x)
+    y_ref, vjp_ref = jax.vjp(_ref_pool, x)
+    results.append((y, vjp(cot)[0], y_ref, vjp_ref(cot)[0], model_layers.max_pool(x, 2, 2)))
+  return results
+
+
+def test_max_pool_2x2_equals_nn_max_pool_without_ties():
+  xs, cots = [], []
+  for i, (shape, dtype) in enumerate(POOL_CASES):
+    n = math.prod(shape)
+    # A permutation of distinct values: no ties anywhere.
+    x = jax.random.permutation(jax.random.key(i), jnp.arange(n, dtype=jnp.float32)).reshape(shape)
+    xs.append((x if dtype == jnp.bfloat16 else x / n - 0.5).astype(dtype))
+    out_shape = (shape[0], shape[1] // 2, shape[2] // 2, shape[3])  # floor, like VALID
+    cots.append(jax.random.normal(jax.random.key(100 + i), out_shape).astype(dtype))
+  for (shape, dtype), cot, (y, dx, y_ref, dx_ref, y_helper) in zip(
+    POOL_CASES, cots, _pool_and_vjp(xs, cots), strict=True
+  ):
+    assert y.shape == cot.shape and y.dtype == dtype, shape
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(dx, dx_ref)
+    np.testing.assert_array_equal(y_helper, y)  # max_pool(x, 2, 2) takes the fast path
+    # Exactly one element per window receives each cotangent; dropped rows/columns get none.
+    assert np.count_nonzero(np.asarray(dx, np.float32)) == np.count_nonzero(
+      np.asarray(cot, np.float32)
+    )
 
 
 def test_max_pool_2x2_ties_go_to_the_first_maximum():
-  # One window, all four equal: the cotangent goes to the top-left element only.
-  x = jnp.ones((1, 2, 2, 1))
-  g = jax.grad(lambda x: model_layers.max_pool_2x2(x).sum())(x)
-  np.testing.assert_array_equal(g[0, :, :, 0], [[1.0, 0.0], [0.0, 0.0]])
-  # Bottom row tied (top row smaller): bottom-left wins; right column tied: top-right wins.
-  x = jnp.array([[0.0, 1.0], [2.0, 2.0]]).reshape(1, 2, 2, 1)
-  g = jax.grad(lambda x: model_layers.max_pool_2x2(x).sum())(x)
-  np.testing.assert_array_equal(g[0, :, :, 0], [[0.0, 0.0], [1.0, 0.0]])
-  x = jnp.array([[0.0, 3.0], [1.0, 3.0]]).reshape(1, 2, 2, 1)
-  g = jax.grad(lambda x: model_layers.max_pool_2x2(x).sum())(x)
-  np.testing.assert_array_equal(g[0, :, :, 0], [[0.0, 1.0], [0.0, 0.0]])
-  # Which is also nn.max_pool's choice, on inputs full of ties (rounded, post-ReLU-like zeros).
-  x = jnp.maximum(jnp.round(jax.random.normal(jax.random.key(3), (2, 9, 8, 4))), 0.0)
-  cot = jax.random.normal(jax.random.key(4), (2, 4, 4, 4))
-  np.testing.assert_array_equal(
-    jax.vjp(model_layers.max_pool_2x2, x)[1](cot)[0], jax.vjp(_ref_pool, x)[1](cot)[0]
-  )
+  xs = [
+    jnp.ones((1, 2, 2, 1)),  # all four tied: top-left wins
+    jnp.array([[0.0, 1.0], [2.0, 2.0]]).reshape(1, 2, 2, 1),  # bottom row tied: bottom-left
+    jnp.array([[0.0, 3.0], [1.0, 3.0]]).reshape(1, 2, 2, 1),  # right column tied: top-right
+    # Inputs full of ties (rounded, with the zeros of a ReLU), odd width.
+    jnp.maximum(jnp.round(jax.random.normal(jax.random.key(3), (2, 8, 9, 4))), 0.0),
+  ]
+  cots = [jnp.ones((1, 1, 1, 1))] * 3 + [jax.random.normal(jax.random.key(4), (2, 4, 4, 4))]
+  results = _pool_and_vjp(xs, cots)
+  expected = [[[1, 0], [0, 0]], [[0, 0], [1, 0]], [[0, 1], [0, 0]]]
+  for (_, dx, _, dx_ref, _), want in zip(results[:3], expected, strict=True):
+    np.testing.assert_array_equal(dx[0, :, :, 0], want)
+    np.testing.assert_array_equal(dx, dx_ref)  # nn.max_pool (select_and_scatter) agrees
+  _, dx, _, dx_ref, _ = results[3]
+  np.testing.assert_array_equal(dx, dx_ref)
 
 
 def test_max_pool_2x2_nan_and_bad_shapes():
