@@ -77,7 +77,8 @@ def _test_shape(name):
 
 
 def _batch(name, num_classes=10):
-  x = jax.random.normal(jax.random.key(0), (BATCH, *_test_shape(name)), jnp.float32)
+  # numpy draws: eager jax.random calls would each compile for their shape.
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(BATCH, *_test_shape(name))), jnp.float32)
   y = jnp.arange(BATCH, dtype=jnp.int32) % num_classes
   return x, y
 
@@ -212,6 +213,8 @@ def _cases(name):
   skipped = {}
   if name in SMALL:
     wanted = ALL_RULES
+    if name == "mnist_net":  # bfloat16 compute (float32 params and logits) trains too
+      cases["usf_bf16"] = models.get(name, num_classes=10, rule="usf", dtype=jnp.bfloat16)
   else:
     cases["bp"] = models.get(name, num_classes=10, rule="bp")
     if name not in TRACED_MIXED:
@@ -532,6 +535,10 @@ def test_dropout_only_in_train_mode():
   assert not np.allclose(t1, t2) and not np.allclose(t1, e1)
 
 
+def test_bfloat16_train_step():
+  _check("mnist_net", "usf_bf16", _train_steps("mnist_net")["usf_bf16"])
+
+
 def test_bfloat16_compute_float32_params_and_logits():
   name = "resnet20"
   model = models.get(name, num_classes=10, rule="usf", dtype=jnp.bfloat16)
@@ -582,13 +589,14 @@ def _pool_and_vjp(xs, cots):
 
 def test_max_pool_2x2_equals_nn_max_pool_without_ties():
   xs, cots = [], []
-  for i, (shape, dtype) in enumerate(POOL_CASES):
+  rng = np.random.default_rng(0)
+  for shape, dtype in POOL_CASES:
     n = math.prod(shape)
     # A permutation of distinct values: no ties anywhere.
-    x = jax.random.permutation(jax.random.key(i), jnp.arange(n, dtype=jnp.float32)).reshape(shape)
+    x = jnp.asarray(rng.permutation(n).reshape(shape), jnp.float32)
     xs.append((x if dtype == jnp.bfloat16 else x / n - 0.5).astype(dtype))
     out_shape = (shape[0], shape[1] // 2, shape[2] // 2, shape[3])  # floor, like VALID
-    cots.append(jax.random.normal(jax.random.key(100 + i), out_shape).astype(dtype))
+    cots.append(jnp.asarray(rng.normal(size=out_shape), dtype))
   for (shape, dtype), cot, (y, dx, y_ref, dx_ref, y_helper) in zip(
     POOL_CASES, cots, _pool_and_vjp(xs, cots), strict=True
   ):
@@ -603,14 +611,15 @@ def test_max_pool_2x2_equals_nn_max_pool_without_ties():
 
 
 def test_max_pool_2x2_ties_go_to_the_first_maximum():
+  rng = np.random.default_rng(1)
   xs = [
     jnp.ones((1, 2, 2, 1)),  # all four tied: top-left wins
     jnp.array([[0.0, 1.0], [2.0, 2.0]]).reshape(1, 2, 2, 1),  # bottom row tied: bottom-left
     jnp.array([[0.0, 3.0], [1.0, 3.0]]).reshape(1, 2, 2, 1),  # right column tied: top-right
     # Inputs full of ties (rounded, with the zeros of a ReLU), odd width.
-    jnp.maximum(jnp.round(jax.random.normal(jax.random.key(3), (2, 8, 9, 4))), 0.0),
+    jnp.asarray(np.maximum(np.round(rng.normal(size=(2, 8, 9, 4))), 0.0), jnp.float32),
   ]
-  cots = [jnp.ones((1, 1, 1, 1))] * 3 + [jax.random.normal(jax.random.key(4), (2, 4, 4, 4))]
+  cots = [jnp.ones((1, 1, 1, 1))] * 3 + [jnp.asarray(rng.normal(size=(2, 4, 4, 4)), jnp.float32)]
   results = _pool_and_vjp(xs, cots)
   expected = [[[1, 0], [0, 0]], [[0, 0], [1, 0]], [[0, 1], [0, 0]]]
   for (_, dx, _, dx_ref, _), want in zip(results[:3], expected, strict=True):
