@@ -620,6 +620,11 @@ def to_markdown(result) -> str:
     lines.append("")
   lines += ["## Targets", ""]
   lines += check_targets(rows)
+  lines += [
+    "",
+    "Why each miss happens and what would close it (profiles, HLO op counts): "
+    "[benchmarks/README.md, Findings](../README.md#findings).",
+  ]
   return "\n".join(lines) + "\n"
 
 
