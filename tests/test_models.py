@@ -268,6 +268,7 @@ def test_registry_names_shapes_and_errors():
       "resnet56",
     ]
   )
+  assert set(SMALL) | set(BIG) == set(models.names())  # every model is trained below
   assert models.input_shape("mnist_net") == (28, 28, 1)
   assert models.input_shape("lenet") == (28, 28, 1)
   assert models.input_shape("cifar10_arch1") == (24, 24, 3)
@@ -551,6 +552,16 @@ def test_bfloat16_compute_float32_params_and_logits():
   assert inter["intermediates"]["conv1"]["__call__"][0].dtype == jnp.bfloat16
   assert inter["intermediates"]["layer3_2"]["bn2"]["__call__"][0].dtype == jnp.bfloat16
   assert {leaf.dtype for leaf in jax.tree.leaves(variables["params"])} == {jnp.dtype("float32")}
+
+
+def test_plain_model_runs_under_fajax_convert():
+  """The plain-layer build is an ordinary Flax model: fajax.convert trains it under a rule, with
+  the same parameter and feedback paths as the fajax-layer build."""
+  name = "resnet20"
+  plain = models.get(name, num_classes=10, dense=nn.Dense, conv=nn.Conv)
+  converted = stats.variable_shapes(fajax.convert(plain, "fa"), _test_shape(name))
+  native = stats.variable_shapes(models.get(name, num_classes=10, rule="fa"), _test_shape(name))
+  assert jax.tree.structure(converted) == jax.tree.structure(native)
 
 
 def test_head_override_by_name():

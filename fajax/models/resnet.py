@@ -88,8 +88,8 @@ class ResNet(nn.Module):
   """torchvision's ImageNet ResNet (v1.5: stride on the 3x3 conv of bottlenecks).
 
   conv7x7/2x64 (pad 3) - BN - ReLU - maxpool3/2 (pad 1) - 4 stages (64, 128, 256, 512 features,
-  strides 1, 2, 2, 2) - global average pool - fc. Any input of at least 32x32 works (the tests use
-  32x32 to stay fast; the reference resolution is 224x224).
+  strides 1, 2, 2, 2) - global average pool - fc. Any input size works (the tests use 32x32 to
+  stay fast; the reference resolution is 224x224).
   """
 
   num_classes: int
