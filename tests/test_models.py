@@ -9,6 +9,8 @@ Speed (the file should stay around 2 minutes on 2 CPU cores; XLA compilation is 
   initialization are the same in every case and XLA computes them once; what the tests check is
   reduced to scalars inside the function. Keys use the `unsafe_rbg` PRNG, which compiles and
   runs far faster than threefry on CPU (a test-only choice: models take whatever keys they get).
+  The big nets' bp == jax.grad check starts both models from variables drawn with numpy, which
+  spares compiling an initialization (about half of that check's time for ResNet-50).
 - Small nets (mnist_net, lenet, cifar10_arch1, imagenet_arch1, cifar10_arch2) train under every
   registered rule. The big nets (ResNets, AlexNets) train one step in which the layer-local rules
   (those that only choose B) are spread over their layers through per-layer overrides, so every
@@ -125,9 +127,8 @@ def _loss_fn(model, variables, x, y, key):
   return loss
 
 
-def _init_and_step(model, x, y, key):
-  """model.init and one SGD train step (grads, update, batch-norm statistics), all traced once."""
-  variables = model.init({"params": key, "dropout": key}, x, train=False)
+def _step(model, variables, x, y, key):
+  """One SGD train step from `variables`: loss, logits, grads, updated params and statistics."""
   grad_fn = jax.value_and_grad(_loss_fn(model, variables, x, y, key), has_aux=True)
   (loss, (logits, state)), grads = grad_fn(variables["params"])
   tx = optax.sgd(0.1)
@@ -136,6 +137,38 @@ def _init_and_step(model, x, y, key):
   return dict(
     variables=variables, loss=loss, logits=logits, grads=grads, params=new_params, state=state
   )
+
+
+def _init_and_step(model, x, y, key):
+  """model.init and one train step, traced together."""
+  variables = model.init({"params": key, "dropout": key}, x, train=False)
+  return _step(model, variables, x, y, key)
+
+
+def _numpy_variables(name, model):
+  """Variables for `model` drawn with numpy from `model.init`'s shapes: no init to compile.
+
+  Kernels N(0, 2 / fan_in), biases and BN offsets N(0, 0.1^2), BN scales 1 + N(0, 0.1^2),
+  running means 0 and variances 1. Only for rules without feedback state (bp, plain layers).
+  """
+  shapes = stats.variable_shapes(model, _test_shape(name), batch_size=BATCH)
+  rng = np.random.default_rng(0)
+
+  def draw(path, leaf):
+    kind = str(path[-1].key)
+    if kind == "kernel":
+      value = rng.normal(size=leaf.shape) * np.sqrt(2.0 / math.prod(leaf.shape[:-1]))
+    elif kind == "scale":
+      value = 1.0 + 0.1 * rng.normal(size=leaf.shape)
+    elif kind == "var":
+      value = np.ones(leaf.shape)
+    elif kind == "mean":
+      value = np.zeros(leaf.shape)
+    else:
+      value = 0.1 * rng.normal(size=leaf.shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def _flat(tree):
@@ -204,19 +237,20 @@ def _check_traced(name, model):
 
 @functools.cache
 def _cases(name):
-  """The models one compilation trains for `name`: {label: model}, and {rule: skip reason}.
+  """The models one compilation initializes and trains for `name`: {label: model}, and
+  {rule: skip reason}.
 
-  Small nets: every registered rule. Big nets: bp, and the layer-local rules mixed over the
-  layers; resnet20 also every direct-feedback rule. Always "plain": nn.Dense / nn.Conv.
+  Small nets: "plain" (nn.Dense / nn.Conv) and every registered rule. Big nets: the layer-local
+  rules mixed over the layers (unless traced only) and, on resnet20, every direct-feedback rule;
+  their bp / plain pair runs in `_bp_steps`.
   """
-  cases = {"plain": models.get(name, num_classes=10, dense=nn.Dense, conv=nn.Conv)}
-  skipped = {}
+  cases, skipped = {}, {}
   if name in SMALL:
+    cases["plain"] = models.get(name, num_classes=10, dense=nn.Dense, conv=nn.Conv)
     wanted = ALL_RULES
     if name == "mnist_net":  # bfloat16 compute (float32 params and logits) trains too
       cases["usf_bf16"] = models.get(name, num_classes=10, rule="usf", dtype=jnp.bfloat16)
   else:
-    cases["bp"] = models.get(name, num_classes=10, rule="bp")
     if name not in TRACED_MIXED:
       cases[MIXED] = _mixed_model(name)
     wanted = NONLOCAL_RULES if name == JITTED_DIRECT else []
@@ -247,6 +281,25 @@ def _train_steps(name):
     }
 
   return jax.device_get(jax.jit(run)(x, y, _key(0)))
+
+
+@functools.cache
+def _bp_steps(name):
+  """{"plain": ..., "bp": ...} summaries of one train step of the plain-layer model and of the
+  fajax model under bp, from the same variables."""
+  if name in SMALL:  # already in the model's group, initialized in the jitted function
+    steps = _train_steps(name)
+    return {"plain": steps["plain"], "bp": steps["bp"]}
+  # Big nets: the same numpy-drawn variables for both, so no initialization is compiled.
+  plain = models.get(name, num_classes=10, dense=nn.Dense, conv=nn.Conv)
+  bp = models.get(name, num_classes=10, rule="bp")
+  x, y = _batch(name)
+
+  def run(variables, x, y, key):
+    ref = _step(plain, variables, x, y, key)
+    return {"plain": _summary(ref), "bp": _summary(_step(bp, variables, x, y, key), ref)}
+
+  return jax.device_get(jax.jit(run)(_numpy_variables(name, plain), x, y, _key(0)))
 
 
 # ----------------------------------------------------------------------------- registry
@@ -464,10 +517,11 @@ def test_bp_equals_jax_grad_of_plain_flax_model(name):
   """bp through fajax layers == jax.grad of the same model built from nn.Dense / nn.Conv.
 
   Bit for bit (max difference 0.0): the bp backward pass evaluates the same transposes autodiff
-  does. Initial parameters, batch-norm statistics, dropout masks (same rng, same module paths),
-  logits, loss, gradients and updated parameters are all identical.
+  does. Batch-norm statistics, dropout masks (same rng, same module paths), logits, loss,
+  gradients and updated parameters are all identical, and so are the initial parameters for the
+  small nets (both initialized by model.init; the big nets start from shared numpy draws).
   """
-  steps = _train_steps(name)
+  steps = _bp_steps(name)
   _check(name, "plain", steps["plain"])
   _check(name, "bp", steps["bp"])
   diffs = {k: float(v) for k, v in steps["bp"]["max_diff"].items()}
