@@ -13,7 +13,6 @@ devices, to check a config for an N-chip slice from a laptop. Multi-host: set
 """
 
 import json
-import logging as std_logging
 import os
 import sys
 
@@ -33,17 +32,12 @@ _REPORT = flags.DEFINE_string("report", None, "--dry_run: also write the report 
 flags.mark_flags_as_required(["config"])
 
 
-class _QuietOrbax(std_logging.Filter):
-  """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
-
-  def filter(self, record):
-    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}.")
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+  from fajax.train import metrics as metrics_lib
+
+  metrics_lib.quiet_orbax_logging()
   if _FAKE_DEVICES.value:
     # Must happen before JAX creates its backends (importing jax does not).
     os.environ["XLA_FLAGS"] = (

@@ -52,6 +52,9 @@ def main(argv):
   del argv
   if not FLAGS.workdir:
     raise app.UsageError("Give --workdir: the folder where the sweep's runs go.")
+  from fajax.train import metrics as metrics_lib
+
+  metrics_lib.quiet_orbax_logging()
   spec = config_flags.get_config_filename(FLAGS["config"])
   path, _, arg = spec.partition(":")
   _, modifiers = table.parse_arg(arg)

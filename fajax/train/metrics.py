@@ -10,6 +10,7 @@ uninterrupted one, except for the wall-clock fields in TIMING_KEYS.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -122,3 +123,17 @@ class Progress:
   def close(self) -> None:
     if self._bar is not None:
       self._bar.close()
+
+
+class _QuietOrbax(logging.Filter):
+  """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
+def quiet_orbax_logging() -> None:
+  """Hides orbax's INFO lines from absl's log handler (launchers call this once)."""
+  from absl import logging as absl_logging
+
+  absl_logging.get_absl_handler().addFilter(_QuietOrbax())
