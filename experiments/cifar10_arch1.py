@@ -10,33 +10,24 @@ FA-uSF SN 17.7, DFA 28.6, DenseFA 16.9 (%).
 """
 
 from fajax import table
-from fajax.train import default_config
 
 ROWS = ("bp", "bp_noise", "bp_align", "fa", "usf_init_ei", "usf_init", "usf_sn", "dfa", "densefa")
 COLUMN = "cifar10_arch1"
 
+SETTINGS = {
+  **table.CIFAR10_RECIPE,
+  "model": "cifar10_arch1",
+  "dataset_options": {"crop": 24},
+  "learning_rate": 0.02,
+  "num_epochs": 100.0,
+  "eval_every": 2000,
+  "diagnostics_every": 500,
+}
+
 
 def get_config(arg=None):
-  """The config of one table row: 'usf_sn', 'fa,runlocal', ..."""
-  row, modifiers = table.parse_arg(arg)
-  c = default_config()
-  c.model = "cifar10_arch1"
-  c.dataset = "cifar10"
-  c.dataset_options = {"crop": 24}
-  c.optimizer = "momentum"
-  c.learning_rate = 0.02
-  c.lr_schedule = "cosine"
-  c.weight_decay = 5e-4
-  c.batch_size = 128
-  c.num_steps = None
-  c.num_epochs = 100.0
-  c.eval_every = 2000
-  c.checkpoint_every = 2000
-  c.diagnostics_every = 500
-  table.apply_variant(c, row)
-  if "runlocal" in modifiers:
-    table.runlocal(c, image_size=24)
-  return c
+  """The config of one row: 'usf_sn', 'fa,runlocal', ..."""
+  return table.experiment_config(arg, SETTINGS, runlocal_size=24)
 
 
 def get_sweep(arg=None):

@@ -9,33 +9,22 @@ BP + Alignment 11.2, FA 35.6, FA-uSF Init. E/I 17.8, FA-uSF Init. 13.1, FA-uSF S
 """
 
 from fajax import table
-from fajax.train import default_config
 
 ROWS = ("bp", "bp_noise", "bp_align", "fa", "usf_init_ei", "usf_init", "usf_sn")
 COLUMN = "cifar10_arch2"
 
+SETTINGS = {
+  **table.CIFAR10_RECIPE,
+  "model": "cifar10_arch2",
+  "dataset_options": {"crop": 32},
+  "learning_rate": 0.05,
+  "num_epochs": 160.0,
+}
+
 
 def get_config(arg=None):
-  """The config of one table row: 'usf_sn', 'fa,runlocal', ..."""
-  row, modifiers = table.parse_arg(arg)
-  c = default_config()
-  c.model = "cifar10_arch2"
-  c.dataset = "cifar10"
-  c.dataset_options = {"crop": 32}
-  c.optimizer = "momentum"
-  c.learning_rate = 0.05
-  c.lr_schedule = "cosine"
-  c.weight_decay = 5e-4
-  c.batch_size = 128
-  c.num_steps = None
-  c.num_epochs = 160.0
-  c.eval_every = 4000
-  c.checkpoint_every = 2000
-  c.diagnostics_every = 1000
-  table.apply_variant(c, row)
-  if "runlocal" in modifiers:
-    table.runlocal(c, image_size=32)
-  return c
+  """The config of one row: 'usf_sn', 'fa,runlocal', ..."""
+  return table.experiment_config(arg, SETTINGS, runlocal_size=32)
 
 
 def get_sweep(arg=None):

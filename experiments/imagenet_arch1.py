@@ -10,33 +10,30 @@ FA-uSF SN 78.9 (%).
 """
 
 from fajax import table
-from fajax.train import default_config
 
 ROWS = ("bp", "bp_noise", "bp_align", "fa", "usf_init_ei", "usf_init", "usf_sn")
 COLUMN = "imagenet_arch1"
 
+SETTINGS = {
+  **table.IMAGENET_RECIPE,
+  "model": "imagenet_arch1",
+  "dataset": "imagenet_resized",
+  "dataset_options": {"image_size": 32},
+  "dtype": "float32",
+  "learning_rate": 0.05,
+  "lr_schedule": "cosine",
+  "warmup_steps": 0,
+  "weight_decay": 5e-4,
+  "batch_size": 256,
+  "num_epochs": 30.0,
+  "diagnostics_every": 2000,
+  "log_every": 50,
+}
+
 
 def get_config(arg=None):
-  """The config of one table row: 'usf_sn', 'fa,runlocal', ..."""
-  row, modifiers = table.parse_arg(arg)
-  c = default_config()
-  c.model = "imagenet_arch1"
-  c.dataset = "imagenet_resized"
-  c.dataset_options = {"image_size": 32}
-  c.optimizer = "momentum"
-  c.learning_rate = 0.05
-  c.lr_schedule = "cosine"
-  c.weight_decay = 5e-4
-  c.batch_size = 256
-  c.num_steps = None
-  c.num_epochs = 30.0
-  c.eval_every = 10000
-  c.checkpoint_every = 5000
-  c.diagnostics_every = 2000
-  table.apply_variant(c, row)
-  if "runlocal" in modifiers:
-    table.runlocal(c, image_size=32)
-  return c
+  """The config of one row: 'usf_sn', 'fa,runlocal', ..."""
+  return table.experiment_config(arg, SETTINGS, runlocal_size=32)
 
 
 def get_sweep(arg=None):

@@ -12,7 +12,6 @@ prints the three Const. rows under arch 1; their size says arch 2 (paper.md), so
 """
 
 from fajax import table
-from fajax.train import default_config
 
 ROWS = (
   "bp", "bp_noise", "bp_align", "fa", "usf_init_ei", "usf_init", "usf_sn",
@@ -20,32 +19,17 @@ ROWS = (
 )  # fmt: skip
 COLUMN = "imagenet_arch2"
 
+SETTINGS = {
+  **table.IMAGENET_RECIPE,
+  "model": "imagenet_arch2",
+  "learning_rate": 0.1,
+  "weight_decay": 5e-4,
+}
+
 
 def get_config(arg=None):
-  """The config of one table row: 'usf_sn', 'usf_const_ei', 'fa,runlocal', ..."""
-  row, modifiers = table.parse_arg(arg)
-  c = default_config()
-  c.model = "imagenet_arch2"
-  c.dataset = "imagenet2012"
-  c.dataset_options = {"image_size": 224}
-  c.dtype = "bfloat16"
-  c.optimizer = "momentum"
-  c.learning_rate = 0.1
-  c.lr_schedule = "warmup_cosine"
-  c.warmup_steps = 2500
-  c.weight_decay = 5e-4
-  c.batch_size = 512
-  c.num_steps = None
-  c.num_epochs = 90.0
-  c.eval_every = 10000
-  c.checkpoint_every = 5000
-  c.diagnostics_every = 5000
-  c.log_every = 200
-  table.apply_variant(c, row)
-  if "runlocal" in modifiers:
-    table.runlocal(c, image_size=64)
-    c.dtype = "float32"
-  return c
+  """The config of one row: 'usf_sn', 'fa,runlocal', ..."""
+  return table.experiment_config(arg, SETTINGS, runlocal_size=64)
 
 
 def get_sweep(arg=None):

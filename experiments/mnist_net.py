@@ -15,30 +15,30 @@ FA-uSF Init. E/I 0.9, FA-uSF Init. 0.7, FA-uSF SN 0.7, DFA 1.0, DenseFA 0.7 (%).
 """
 
 from fajax import table
-from fajax.train import default_config
 
 ROWS = ("bp", "bp_noise", "bp_align", "fa", "usf_init_ei", "usf_init", "usf_sn", "dfa", "densefa")
 COLUMN = "mnist"
 
+SETTINGS = {
+  "model": "mnist_net",
+  "dataset": "mnist5k",
+  "optimizer": "adam",
+  "learning_rate": 1e-3,
+  "lr_schedule": "cosine",
+  "batch_size": 64,
+  "num_steps": None,
+  "num_epochs": 6.0,
+  "log_every": 40,
+  "checkpoint_every": 1000,
+}
+FULL = {"dataset": "mnist", "num_epochs": 20.0}  # the 'full' modifier: tfds mnist
+
 
 def get_config(arg=None):
-  """The config of one table row: 'usf_sn', 'fa,runlocal', 'bp,full', ..."""
-  row, modifiers = table.parse_arg(arg)
-  c = default_config()
-  c.model = "mnist_net"
-  c.dataset = "mnist" if "full" in modifiers else "mnist5k"
-  c.optimizer = "adam"
-  c.learning_rate = 1e-3
-  c.lr_schedule = "cosine"
-  c.batch_size = 64
-  c.num_steps = None
-  c.num_epochs = 20.0 if "full" in modifiers else 6.0
-  c.log_every = 40
-  c.checkpoint_every = 1000
-  table.apply_variant(c, row)
-  if "runlocal" in modifiers:
-    table.runlocal(c, image_size=28, channels=1)
-  return c
+  """The config of one row: 'usf_sn', 'fa,runlocal', 'bp,full', ..."""
+  _, modifiers = table.parse_arg(arg)
+  settings = {**SETTINGS, **FULL} if "full" in modifiers else SETTINGS
+  return table.experiment_config(arg, settings, runlocal_size=28, runlocal_channels=1)
 
 
 def get_sweep(arg=None):

@@ -10,37 +10,22 @@ brSF 37.2, DFA 82.5, FA 85.3 (%).
 """
 
 from fajax import table
-from fajax.train import default_config
 
 ROWS = ("bp", "fa", "usf_std", "usf_sn", "brsf", "frsf", "dfa")
 COLUMN = "resnet18"
 
+SETTINGS = {
+  **table.IMAGENET_RECIPE,
+  "model": "resnet18",
+  "optimizer": "nesterov",
+  "learning_rate": 0.2,
+  "weight_decay": 1e-4,
+}
+
 
 def get_config(arg=None):
-  """The config of one row: 'usf_std', 'brsf', 'fa,runlocal', ..."""
-  row, modifiers = table.parse_arg(arg)
-  c = default_config()
-  c.model = "resnet18"
-  c.dataset = "imagenet2012"
-  c.dataset_options = {"image_size": 224}
-  c.dtype = "bfloat16"
-  c.optimizer = "nesterov"
-  c.learning_rate = 0.2
-  c.lr_schedule = "warmup_cosine"
-  c.warmup_steps = 2500
-  c.weight_decay = 1e-4
-  c.batch_size = 512
-  c.num_steps = None
-  c.num_epochs = 90.0
-  c.eval_every = 10000
-  c.checkpoint_every = 5000
-  c.diagnostics_every = 5000
-  c.log_every = 200
-  table.apply_variant(c, row)
-  if "runlocal" in modifiers:
-    table.runlocal(c, image_size=64)
-    c.dtype = "float32"
-  return c
+  """The config of one row: 'usf_sn', 'fa,runlocal', ..."""
+  return table.experiment_config(arg, SETTINGS, runlocal_size=64)
 
 
 def get_sweep(arg=None):

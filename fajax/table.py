@@ -160,3 +160,55 @@ def point_name(point: dict) -> str:
   if "learning_rate" in point:
     name += f"-lr{point['learning_rate']:g}"
   return name
+
+
+# Shared training recipes; experiment configs start from one and change what differs.
+CIFAR10_RECIPE = dict(
+  dataset="cifar10",
+  optimizer="momentum",
+  lr_schedule="cosine",
+  weight_decay=5e-4,
+  batch_size=128,
+  num_steps=None,
+  eval_every=4000,
+  checkpoint_every=2000,
+  diagnostics_every=1000,
+)
+IMAGENET_RECIPE = dict(
+  dataset="imagenet2012",
+  dataset_options={"image_size": 224},
+  dtype="bfloat16",
+  optimizer="momentum",
+  lr_schedule="warmup_cosine",
+  warmup_steps=2500,
+  batch_size=512,
+  num_steps=None,
+  num_epochs=90.0,
+  eval_every=10000,
+  checkpoint_every=5000,
+  diagnostics_every=5000,
+  log_every=200,
+)
+
+
+def experiment_config(arg, settings: dict, *, runlocal_size: int, runlocal_channels: int = 3):
+  """The trainer config of one experiment row.
+
+  Args:
+    arg: the config argument, 'row[,modifier...]' (see `parse_arg`).
+    settings: trainer fields that differ from `fajax.train.default_config()`.
+    runlocal_size, runlocal_channels: the embedded digits' shape for the 'runlocal' modifier.
+  """
+  from fajax.train import default_config  # Lazy: fajax.table is imported by the report too.
+
+  row, modifiers = parse_arg(arg)
+  config = default_config()
+  config.update_from_flattened_dict({k: v for k, v in settings.items() if not isinstance(v, dict)})
+  for key, value in settings.items():
+    if isinstance(value, dict):
+      config[key] = ml_collections.ConfigDict(value)
+  apply_variant(config, row)
+  if "runlocal" in modifiers:
+    runlocal(config, image_size=runlocal_size, channels=runlocal_channels)
+    config.dtype = "float32"
+  return config
