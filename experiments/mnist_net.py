@@ -28,7 +28,9 @@ SETTINGS = {
   "batch_size": 64,
   "num_steps": None,
   "num_epochs": 6.0,
-  "log_every": 40,
+  "log_every": 25,
+  "eval_every": 75,
+  "diagnostics_every": 25,
   "checkpoint_every": 1000,
 }
 FULL = {"dataset": "mnist", "num_epochs": 20.0}  # the 'full' modifier: tfds mnist

@@ -92,27 +92,32 @@ def markdown_table(runs: list[dict]) -> str:
   return "\n".join(lines) + "\n\nTop-1 error, %. Ours: mean ± std over seeds where n > 1.\n"
 
 
+def _curve(records, split):
+  points = sorted(
+    (r["step"], 100 * r["top1_error"])
+    for r in records
+    if r.get("split") == split and "top1_error" in r
+  )
+  return [p[0] for p in points], [p[1] for p in points]
+
+
 def plot_error_curves(runs: list[dict], path: str) -> str:
-  """Test error against step, one line per run, one panel per column (matplotlib PNG)."""
+  """Test top-1 error against step, one line per run, one panel per column (matplotlib PNG)."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   columns = sorted({run["column"] for run in runs})
-  fig, axes = plt.subplots(1, len(columns), figsize=(6 * len(columns), 4), squeeze=False)
+  fig, axes = plt.subplots(1, len(columns), figsize=(7 * len(columns), 4.5), squeeze=False)
   for ax, column in zip(axes[0], columns, strict=True):
-    for run in sorted((r for r in runs if r["column"] == column), key=lambda r: r["row"]):
-      evals = sorted(
-        (r for r in run["records"] if r.get("split") == "test" and "top1_error" in r),
-        key=lambda r: r["step"],
-      )
-      ax.plot(
-        [r["step"] for r in evals],
-        [100 * r["top1_error"] for r in evals],
-        marker="o",
-        label=f"{table.label(run['row'])} (seed {run['seed']})",
-      )
+    ordered = sorted(
+      (r for r in runs if r["column"] == column), key=lambda r: list(table.ROWS).index(r["row"])
+    )
+    for i, run in enumerate(ordered):
+      color = f"C{i % 10}"
+      label = f"{table.label(run['row'])} (seed {run['seed']})"
+      ax.plot(*_curve(run["records"], "test"), color=color, marker="o", label=label)
     ax.set_title(column)
     ax.set_xlabel("step")
     ax.set_ylabel("test top-1 error (%)")
