@@ -18,7 +18,7 @@ import os
 import shlex
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -55,6 +55,8 @@ def main(argv):
   from fajax.train import metrics as metrics_lib
 
   metrics_lib.quiet_orbax_logging()
+  if not FLAGS["verbosity"].present:  # The sweep prints its own progress; -v 0 shows INFO logs.
+    logging.set_verbosity(logging.WARNING)
   spec = config_flags.get_config_filename(FLAGS["config"])
   path, _, arg = spec.partition(":")
   _, modifiers = table.parse_arg(arg)
