@@ -441,12 +441,15 @@ def bench_model(args, model, rules):
   times = {rule: [] for rule in runners}
   peer_times = {rule: [] for rule in peers}
   others = [r for r in runners if r != "bp"] or ["bp"]
+  paired = {rule: [] for rule in runners}  # rule time / the bp time measured just before it.
   for i in range(rounds):
     for rule in others:
       if "bp" in runners:
         times["bp"].append(runners["bp"].run(k) / k)
       if rule != "bp":
         times[rule].append(runners[rule].run(k) / k)
+        if "bp" in runners:
+          paired[rule].append(times[rule][-1] / times["bp"][-1])
     for rule, peer in peers.items():
       peer_times[rule].append(peer.run(k) / k)
     print(
@@ -476,6 +479,7 @@ def bench_model(args, model, rules):
       "step_ms_p75": 1e3 * _percentile(ts, 75),
       "step_ms_min": 1e3 * min(ts),
       "ratio_to_bp": med / bp_median if bp_median else None,
+      "ratio_to_bp_paired_median": statistics.median(paired[rule]) if paired.get(rule) else None,
       "images_per_s": batch / med,
       "init_s": runner.init_s,
       "feedback_bytes": runner.feedback_bytes,
@@ -521,6 +525,10 @@ def bench_model(args, model, rules):
 TARGET_RATIO = 1.05
 
 
+def _fmt(x):
+  return "-" if x is None else f"{x:.3f}"
+
+
 def _mb(n):
   return f"{n / 2**20:.1f}" if n else "-"
 
@@ -549,7 +557,8 @@ def to_markdown(result) -> str:
     f"- Step: `{result['settings']['step']}` (see benchmarks/step_time.py); SGD momentum 0.9, "
     "weight decay 5e-4 on kernels; fixed random batch on the device.",
     "- Time: median over rounds of (k consecutive steps / k), rules interleaved with bp in each "
-    "round; `p25-p75` the quartiles. `ratio` = median / median of bp on the same model. "
+    "round; `p25-p75` the quartiles. `ratio` = median / median of bp on the same model; "
+    "`paired` = median over rounds of (rule time / the bp time measured just before it). "
     "Memory: compiled executable's arguments + temp (live bytes, donated outputs aliased)"
     + (
       "; `dev peak`: device peak_bytes_in_use after warm-up (running max)"
@@ -573,8 +582,11 @@ def to_markdown(result) -> str:
     ]
     has_peer = any("peer" in r for r in mrows)
     gpu = hw["platform"] == "gpu"
-    head = "| rule | step ms (median) | p25-p75 | ratio to bp | images/s | compile s | memory MB |"
-    sep = "|---|---:|---:|---:|---:|---:|---:|"
+    head = (
+      "| rule | step ms (median) | p25-p75 | ratio to bp | paired | images/s | compile s "
+      "| memory MB |"
+    )
+    sep = "|---|---:|---:|---:|---:|---:|---:|---:|"
     if gpu:
       head += " dev peak MB |"
       sep += "---:|"
@@ -593,7 +605,8 @@ def to_markdown(result) -> str:
       line = (
         f"| {r['rule_describe']} | {r['step_ms_median']:.2f} | "
         f"{r['step_ms_p25']:.2f}-{r['step_ms_p75']:.2f} | "
-        f"{ratio:.3f}{flag} | {r['images_per_s']:.0f} | "
+        f"{ratio:.3f}{flag} | {_fmt(r.get('ratio_to_bp_paired_median'))} | "
+        f"{r['images_per_s']:.0f} | "
         f"{r['lower_s'] + r['compile_s']:.1f} | {_mb(live)} |"
       )
       if gpu:
@@ -723,6 +736,10 @@ def main(argv=None):
   peer_threads = None
   peer_versions = None
   if args.peer != "none":
+    # OpenMP threads that spin while waiting (libgomp's default) slow PyTorch several-fold on a
+    # shared machine (ResNet-20 here: 3.2 s instead of 0.4 s per step); passive waiting gives the
+    # peer its best time. XLA does not use OpenMP. Must be set before torch loads libgomp.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
       import torch
       import torch_peer
