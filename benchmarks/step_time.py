@@ -368,7 +368,7 @@ def _peer_runners(args, model, rules, batch, shape, num_classes):
     return {}, None, f"no PyTorch peer for {model}"
   if args.dtype != "float32":
     return {}, None, "the peer runs float32 only"
-  device = "cuda" if jax.devices()[0].platform == "gpu" else "cpu"
+  device = "cuda" if jax.devices()[0].platform in ("gpu", "cuda") else "cpu"
   if device == "cuda":
     import torch
 
@@ -562,7 +562,7 @@ def to_markdown(result) -> str:
     "Memory: compiled executable's arguments + temp (live bytes, donated outputs aliased)"
     + (
       "; `dev peak`: device peak_bytes_in_use after warm-up (running max)"
-      if hw["platform"] == "gpu"
+      if hw["platform"] in ("gpu", "cuda")
       else ""
     )
     + ".",
@@ -581,7 +581,7 @@ def to_markdown(result) -> str:
       "",
     ]
     has_peer = any("peer" in r for r in mrows)
-    gpu = hw["platform"] == "gpu"
+    gpu = hw["platform"] in ("gpu", "cuda")
     head = (
       "| rule | step ms (median) | p25-p75 | ratio to bp | paired | images/s | compile s "
       "| memory MB |"
