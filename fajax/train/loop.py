@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import numpy as np
 from absl import logging
 
+from fajax.data.prefetch import prefetch_to_device
 from fajax.train import build as build_lib
 from fajax.train import config as config_lib
 from fajax.train import state as state_lib
@@ -32,14 +32,6 @@ Callback = Callable[[int, Any, dict[str, Any]], None]
 
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or infinite and config.on_nan is 'stop'."""
-
-
-def _global_batches(batches, sharding):
-  """Process-local numpy batches -> global jax Arrays sharded over the mesh's 'data' axis."""
-  for batch in batches:
-    yield {
-      k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
-    }
 
 
 def train_batches(exp: build_lib.Experiment, start_step: int):
@@ -54,7 +46,8 @@ def train_batches(exp: build_lib.Experiment, start_step: int):
     start_step=start_step,
     **dict(config.dataset_options),
   )
-  return _global_batches(local, exp.batch_sharding)
+  # Keeps two batches in flight to the devices, so host-to-device copies overlap the steps.
+  return prefetch_to_device(local, size=2, sharding=exp.batch_sharding)
 
 
 def evaluate(exp: build_lib.Experiment, state) -> dict[str, float]:
@@ -68,7 +61,8 @@ def evaluate(exp: build_lib.Experiment, state) -> dict[str, float]:
     data_dir=config.data_dir,
     **dict(config.dataset_options),
   )
-  outputs = [exp.eval_step(state, batch) for batch in _global_batches(local, exp.batch_sharding)]
+  batches = prefetch_to_device(local, 2, exp.batch_sharding)
+  outputs = [exp.eval_step(state, batch) for batch in batches]
   outputs = jax.device_get(outputs)
   count = sum(int(o["count"]) for o in outputs)
   if count == 0:
