@@ -361,9 +361,13 @@ def test_nan_loss_stops_with_the_step_and_a_restorable_checkpoint(tmp_path):
 
 
 def test_nan_loss_skip_drops_the_update_and_continues(tmp_path):
-  config = tiny_config(num_steps=6, on_nan="skip", rule="fa")
+  config = tiny_config(num_steps=6, on_nan="skip", rule="fa", lr_schedule="cosine")
   state = run(config, tmp_path, dataset=PoisonedDigits(index=4))
   logged = records(tmp_path)
+  # The dropped update does not advance the optimizer's schedule: the step after it uses (and
+  # logs, and gives Kolen-Pollack) the rate the skipped step would have used.
+  rates = [r["learning_rate"] for r in logged]
+  assert rates[5] == rates[4] and len(set(rates[:5])) == 5
   assert [r["step"] for r in logged] == [1, 2, 3, 4, 5, 6]
   assert math.isnan(logged[4]["loss"])
   assert [r["skipped_steps"] for r in logged] == [0, 0, 0, 0, 1, 1]

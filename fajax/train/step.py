@@ -82,7 +82,9 @@ def train_step(
   (loss, (logits, mutated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  lr = schedule(step)
+  # The optimizer's schedule count does not advance on skipped steps (their opt_state is dropped),
+  # so the rate it used is schedule(step - skipped); KP's decay and the logged rate must match it.
+  lr = schedule(step - state.skipped)
   feedback = state.feedback
   if uses_kp(rule):
     feedback = constraints_lib.kolen_pollack_update(
