@@ -113,7 +113,9 @@ def kolen_pollack_update(rule, feedback, params, updates, decay):
 
   With an optimizer that applies weight decay wd at learning rate lr (dW = -lr * (g + wd * W)),
   pass decay = lr * wd: then dB = -lr * (g + wd * B), Akrout et al.'s update, and B - W shrinks
-  by (1 - decay) every step. Layers whose resolved rule is not `kp` keep their feedback.
+  by (1 - decay) every step. Layers whose resolved rule is not `kp` keep their feedback. With an
+  adaptive optimizer (adam) the decay of W is rescaled by the optimizer while B's is not, and
+  lr * wd is tiny at adam-sized rates: B then aligns very slowly (see RESULTS.md's MNIST row).
 
   Args:
     rule: the model's rule (overrides are resolved per layer path).
