@@ -16,10 +16,10 @@ buffer fill); "images/s" is the steady state after it.
 import argparse
 import datetime
 import os
-import platform
 import time
 
 import numpy as np
+from hardware_info import cpu_model  # benchmarks/ is the script directory
 
 import fajax.data as data
 
@@ -117,14 +117,6 @@ def run_path(name, batch_size, seconds):
   return (*result, f"{shape[1]}x{shape[0]} {kind}, {mean_bytes / 1e3:.1f} kB")
 
 
-def _cpu_model():
-  try:
-    with open("/proc/cpuinfo") as f:
-      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    return platform.processor() or "unknown"
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--paths", nargs="*", default=list(PATHS), choices=list(PATHS))
@@ -136,7 +128,7 @@ def main():
   import tensorflow as tf
 
   print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
-  print(f"cpu: {_cpu_model()}, nproc={os.cpu_count()}, load average {os.getloadavg()}")
+  print(f"cpu: {cpu_model()}, nproc={os.cpu_count()}, load average {os.getloadavg()}")
   print(f"jax {jax.__version__}, tensorflow {tf.__version__}, batch_size={args.batch_size}")
   print()
   print("| path | images/s | images per CPU-s | startup (s) | mocked images |")

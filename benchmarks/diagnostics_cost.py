@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
 import time
 
@@ -30,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from hardware_info import cpu_model  # benchmarks/ is the script directory
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -130,15 +130,7 @@ def train_curves(rule, steps, every, batch_size, lr, seed=0):
 
 
 def hardware():
-  cpu = platform.processor() or "unknown"
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
+  cpu = cpu_model()
   devices = jax.devices()
   return (
     f"{os.cpu_count()} CPU cores (nproc), {cpu}; JAX {jax.__version__} on "

@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from hardware_info import cpu_model  # benchmarks/ is the script directory
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
@@ -283,15 +284,7 @@ def _percentile(xs, q):
 
 def hardware(peer_threads=None) -> dict:
   """The machine, the software and the load, for the results header."""
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
+  cpu = cpu_model()
   dev = jax.devices()[0]
   try:
     commit = subprocess.run(
