@@ -101,34 +101,11 @@ def _dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_
   )
 
 
-def _conv_general_dilated(
-  lhs,
-  rhs,
-  window_strides,
-  padding,
-  lhs_dilation=None,
-  rhs_dilation=None,
-  dimension_numbers=None,
-  feature_group_count=1,
-  batch_group_count=1,
-  precision=None,
-  preferred_element_type=None,
-):
+def _conv_general_dilated(lhs, rhs, *args, **kwargs):
+  # Flax passes lax.conv_general_dilated's arguments; the feedback primitive takes the same ones
+  # after its `feedback` argument, so they are forwarded as they come.
   module, rule = _current()
-  return feedback_conv_general_dilated(
-    lhs,
-    rhs,
-    _feedback_for(module, rule, rhs),
-    window_strides=window_strides,
-    padding=padding,
-    lhs_dilation=lhs_dilation,
-    rhs_dilation=rhs_dilation,
-    dimension_numbers=dimension_numbers,
-    feature_group_count=feature_group_count,
-    batch_group_count=batch_group_count,
-    precision=precision,
-    preferred_element_type=preferred_element_type,
-  )
+  return feedback_conv_general_dilated(lhs, rhs, _feedback_for(module, rule, rhs), *args, **kwargs)
 
 
 _FORWARD_STATE = "_fajax_forward_state"

@@ -34,34 +34,31 @@ class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or infinite and config.on_nan is 'stop'."""
 
 
-def train_batches(exp: build_lib.Experiment, start_step: int):
-  """Global train batches from step `start_step` on, as this process reads them."""
+def _device_batches(exp: build_lib.Experiment, split: str, batch_size: int, **kwargs):
+  """Global batches of `split` as this process reads them, two in flight to the devices."""
   config = exp.config
   local = exp.data.get(
     config.dataset,
-    "train",
-    exp.process_batch,
+    split,
+    batch_size,
     seed=config.seed,
     data_dir=config.data_dir,
-    start_step=start_step,
+    **kwargs,
     **dict(config.dataset_options),
   )
-  # Keeps two batches in flight to the devices, so host-to-device copies overlap the steps.
+  # Queued transfers let host-to-device copies overlap the steps.
   return prefetch_to_device(local, size=2, sharding=exp.batch_sharding)
+
+
+def train_batches(exp: build_lib.Experiment, start_step: int):
+  """Global train batches from step `start_step` on, as this process reads them."""
+  return _device_batches(exp, "train", exp.process_batch, start_step=start_step)
 
 
 def evaluate(exp: build_lib.Experiment, state) -> dict[str, float]:
   """Loss and exact top-1 error over the whole test split (padding masked out)."""
   config = exp.config
-  local = exp.data.get(
-    config.dataset,
-    "test",
-    exp.process_eval_batch,
-    seed=config.seed,
-    data_dir=config.data_dir,
-    **dict(config.dataset_options),
-  )
-  batches = prefetch_to_device(local, 2, exp.batch_sharding)
+  batches = _device_batches(exp, "test", exp.process_eval_batch)
   outputs = [exp.eval_step(state, batch) for batch in batches]
   outputs = jax.device_get(outputs)
   count = sum(int(o["count"]) for o in outputs)
