@@ -9,7 +9,8 @@ batches an uninterrupted run would have read.
 Orbax writes each checkpoint to a temporary directory and renames it when complete, so a run
 killed mid-save leaves no half checkpoint under a step name. A step directory that still fails to
 restore (a damaged disk, a truncated copy) is moved aside to `<workdir>/corrupt_checkpoints/` with
-a warning, and the previous step is tried.
+a warning, and the previous step is tried. So is a step whose restored bytes do not match the
+checksums saved in its meta (`fajax.train.integrity`): silent bit rot never resumes a run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 from absl import logging
+
+from fajax.train import integrity
+from fajax.train.errors import UserError
 
 _CORRUPT_DIR = "corrupt_checkpoints"
 
@@ -53,6 +57,7 @@ class Checkpointer:
   def save(self, step: int, state, meta: dict[str, Any]) -> None:
     """Starts saving `state` as `step` (in the background when async); returns quickly."""
     start = time.perf_counter()
+    meta = {**meta, integrity.META_KEY: integrity.checksums(state)}
     self._manager.save(
       int(step),
       args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -84,7 +89,7 @@ class Checkpointer:
         self._set_aside(step, e)
         continue
       if saved != expected:
-        raise ValueError(
+        raise UserError(
           f"The checkpoint of step {step} in {self.directory} holds a different training state "
           f"than this config builds ({_difference(saved, expected)}); resume with the config it "
           "was written with (config.json beside it) or use a new workdir."
@@ -99,7 +104,12 @@ class Checkpointer:
       except Exception as e:  # Orbax raises many types for damaged files; all mean "unusable".
         self._set_aside(step, e)
         continue
-      return restored["state"], dict(restored["meta"] or {})
+      state, meta = restored["state"], dict(restored["meta"] or {})
+      damage = integrity.mismatch(state, meta.get(integrity.META_KEY))
+      if damage:  # Bit rot that orbax read without complaint.
+        self._set_aside(step, ValueError(damage))
+        continue
+      return state, meta
     return None
 
   def _set_aside(self, step: int, error: Exception) -> None:
