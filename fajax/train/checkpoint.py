@@ -115,8 +115,7 @@ class Checkpointer:
   def _set_aside(self, step: int, error: Exception) -> None:
     """Moves an unreadable step out of the checkpoint directory, so it is neither retried nor
     overwritten, and reopens the manager."""
-    name = f"{step}-{int(time.time())}"
-    target = os.path.join(os.path.dirname(self.directory), _CORRUPT_DIR, name)
+    target = self.move_aside(step, _CORRUPT_DIR)
     message = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
     logging.warning(
       "Checkpoint step %d in %s cannot be restored (%s: %s); moved to %s, trying the previous one.",
@@ -126,6 +125,11 @@ class Checkpointer:
       message,
       target,
     )
+
+  def move_aside(self, step: int, folder: str) -> str:
+    """Moves step `step` to `<workdir>/<folder>/<step>-<time>` (kept, never resumed from) and
+    reopens the manager; returns the new path."""
+    target = os.path.join(os.path.dirname(self.directory), folder, f"{step}-{int(time.time())}")
     source = os.path.join(self.directory, str(step))
     import jax
 
@@ -134,6 +138,7 @@ class Checkpointer:
       shutil.move(source, target)
     self._manager.close()
     self._manager = self._open()
+    return target
 
   def close(self) -> None:
     """Waits for pending saves and releases the manager."""

@@ -194,7 +194,7 @@ def acquire_for_run(workdir) -> WorkdirLock | None:
   if jax.process_index() == 0:
     try:
       lock = WorkdirLock(workdir).acquire()
-    except WorkdirLocked as e:
+    except Exception as e:  # Whatever it is, the other processes must hear of it, not hang.
       error = e
   if jax.process_count() > 1:
     import numpy as np

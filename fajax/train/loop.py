@@ -172,6 +172,8 @@ def _train(exp: build_lib.Experiment, workdir: str, callbacks: Sequence[Callback
     async_save=config.checkpoint_async,
   )
   restored = ckpt.restore_latest(exp.abstract_state)
+  if restored is not None and resume_lib.roll_back_for_remedy(workdir, ckpt, restored[1], config):
+    restored = ckpt.restore_latest(exp.abstract_state)
   if restored is None:
     state = exp.init(jax.random.PRNGKey(config.seed))
     start = 0

@@ -10,7 +10,12 @@ compared with it field by field:
   new length's schedule from the resumed step on: a warning says so.
 - REMEDIES (the learning rate and its schedule) may change only when resuming from the checkpoint
   a non-finite stop left (`nonfinite.json` in the workdir names it): lowering the learning rate is
-  the remedy the NonFiniteLossError names.
+  the remedy the NonFiniteLossError names. The stop's state holds the parameters whose loss was
+  not finite; when the data was to blame (resume with on_nan='skip') they are fine, but after a
+  divergent update no smaller rate can rescue them. So a resume that changes a remedy field rolls
+  back (`roll_back_for_remedy`) to the newest checkpoint before the stop's, whose parameters gave
+  a finite loss, or to step 0 when there is none; the later checkpoints move to
+  `<workdir>/nonfinite_checkpoints/` with a copy of metrics.jsonl, nothing is deleted.
 - Every other field (data, model, rule, optimizer, batch, seed, ...) must be equal: otherwise
   `ConfigChanged` names the fields and both values, and nothing in the workdir is touched.
 """
@@ -45,6 +50,7 @@ FREE = (
 )
 REMEDIES = ("learning_rate", "lr_schedule", "warmup_steps", "lr_boundaries", "lr_decay_factor")
 NONFINITE_FILE = "nonfinite.json"
+NONFINITE_DIR = "nonfinite_checkpoints"
 
 
 class ConfigChanged(UserError):
@@ -106,13 +112,51 @@ def mark_nonfinite(workdir, bad_step: int, checkpoint_step: int) -> None:
     (epath.Path(workdir) / NONFINITE_FILE).write_text(json.dumps(record) + "\n")
 
 
+def _marker(workdir) -> dict[str, Any]:
+  try:
+    return json.loads((epath.Path(workdir) / NONFINITE_FILE).read_text())
+  except (OSError, ValueError):
+    return {}
+
+
 def after_nonfinite(workdir, step: int) -> bool:
   """True when checkpoint `step` is the last good state a non-finite stop left."""
-  path = epath.Path(workdir) / NONFINITE_FILE
-  try:
-    return json.loads(path.read_text())["checkpoint_step"] == step
-  except (OSError, ValueError, KeyError):
+  return _marker(workdir).get("checkpoint_step") == step
+
+
+def roll_back_for_remedy(workdir, ckpt, meta: dict[str, Any], config) -> bool:
+  """Rolls back a resumed non-finite stop whose config changes a remedy field (see the module
+  docstring); True when it did (restore again). `ckpt` is the run's Checkpointer."""
+  step = int(meta.get("step", -1))
+  saved = meta.get("config") or {}
+  new = as_dict(config)
+  record = _marker(workdir)
+  if record.get("checkpoint_step") != step or record.get("rolled_back"):
     return False
+  if all(saved.get(k) == new[k] for k in REMEDIES):
+    return False
+  import jax
+
+  earlier = [s for s in ckpt.all_steps() if s < step]
+  target = epath.Path(workdir) / NONFINITE_DIR
+  metrics = epath.Path(workdir) / "metrics.jsonl"
+  if jax.process_index() == 0 and metrics.exists():
+    target.mkdir(parents=True, exist_ok=True)
+    metrics.copy(target / f"metrics-{step}.jsonl", overwrite=True)
+  moved = [ckpt.move_aside(s, NONFINITE_DIR) for s in ckpt.all_steps() if s >= step]
+  back = earlier[-1] if earlier else 0
+  if jax.process_index() == 0:
+    record.update(checkpoint_step=back, rolled_back=True)
+    (epath.Path(workdir) / NONFINITE_FILE).write_text(json.dumps(record) + "\n")
+  logging.warning(
+    "Resuming the non-finite stop of step %d with %s: starting again from step %d, before the "
+    "update that diverged; checkpoints moved to %s.",
+    step + 1,
+    describe([(k, saved.get(k), new[k]) for k in REMEDIES if saved.get(k) != new[k]]),
+    back,
+    ", ".join(moved),
+  )
+  return True
 
 
 def clear_nonfinite(state, state_sharding):
