@@ -4,6 +4,7 @@ In-process runs for the trainer's own logic (NaN remedies, resume rules, checksu
 real processes where the point is about processes (the workdir lock, the launchers' errors).
 """
 
+import importlib.util
 import json
 import os
 import signal
@@ -38,6 +39,14 @@ from fajax.train import resume
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch", "main.py")
+
+
+def experiment_config(path, arg=None):
+  """get_config(arg) of an experiments/ file."""
+  spec = importlib.util.spec_from_file_location("experiment", os.path.join(ROOT, path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 # -- 1. A NaN stop resumes with either remedy its message names -----------------------------------
@@ -102,9 +111,9 @@ def test_sweep_names_finished_points_made_with_other_settings(tmp_path):
   point = tmp_path / "bp-seed0"
   point.mkdir()
   (point / "done.json").write_text("{}")
-  config = json.loads(train.default_config().to_json_best_effort())
+  config = experiment_config("experiments/mnist_net.py", "bp")
   config.update(dataset="digits", learning_rate=0.5, num_steps=3, num_epochs=None)
-  (point / "config.json").write_text(json.dumps(config))
+  (point / "config.json").write_text(config.to_json_best_effort())
   result = subprocess.run(
     [
       sys.executable,
@@ -216,10 +225,24 @@ def _python(code, *args, env=None, **kwargs):
   )
 
 
-def _launch(*args, timeout=300):
+def _launch(*args, env=None, timeout=300):
   return subprocess.run(
-    [sys.executable, LAUNCH, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    [sys.executable, LAUNCH, *args],
+    cwd=ROOT,
+    env={**os.environ, **(env or {})},
+    capture_output=True,
+    text=True,
+    timeout=timeout,
   )
+
+
+def _compile_cache(tmp_path):
+  """Environment that lets the processes of a test share their compiled steps."""
+  return {
+    "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+  }
 
 
 def _wait_for(path, process, timeout=240):
@@ -232,10 +255,12 @@ def _wait_for(path, process, timeout=240):
 
 # A real training run (tiny.py, 4 steps) that pauses after step 2 until it is killed.
 _PAUSED_RUN = """
-import sys, time
-from ml_collections import config_flags
+import importlib.util, sys, time
 from fajax import train
-config = config_flags.ConfigFileFlagParser("config").parse("experiments/tiny.py")
+spec = importlib.util.spec_from_file_location("tiny", "experiments/tiny.py")
+tiny = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tiny)
+config = tiny.get_config()
 config.update(num_steps=4, checkpoint_every=2, progress_bar=False)
 def pause(step, state, metrics):
   if step == 2:
@@ -247,7 +272,8 @@ train.train_and_evaluate(config, sys.argv[1], callbacks=[pause])
 
 def test_a_live_run_locks_its_workdir_and_a_killed_one_does_not(tmp_path):
   workdir, paused = tmp_path / "run", tmp_path / "paused"
-  first = _python(_PAUSED_RUN, str(workdir), str(paused))
+  cache = _compile_cache(tmp_path)
+  first = _python(_PAUSED_RUN, str(workdir), str(paused), env=cache)
   try:
     _wait_for(paused, first)
     logged = (workdir / "metrics.jsonl").read_text()
@@ -270,6 +296,7 @@ def test_a_live_run_locks_its_workdir_and_a_killed_one_does_not(tmp_path):
     "--config.checkpoint_every=2",
     "--config.progress_bar=False",
     f"--workdir={workdir}",
+    env=cache,
   )
   assert restart.returncode == 0, restart.stderr[-3000:]
   assert f"Replacing the stale lock of pid {first.pid}" in restart.stderr
