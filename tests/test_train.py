@@ -5,7 +5,6 @@ injected through `model=` so that each run compiles in about a second.
 """
 
 import json
-import math
 import os
 
 import flax.linen as nn
