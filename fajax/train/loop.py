@@ -274,7 +274,7 @@ def _stop_skip_storm(step, state, ckpt, save, skips, workdir) -> None:
   if ckpt.latest_step() != step:
     save(step, state)
     ckpt.wait()
-  resume_lib.mark_nonfinite(workdir, step, step)
+  resume_lib.mark_nonfinite(workdir, skips.last_step, step)
   raise NonFiniteLossError(
     f"Loss was non-finite for {skips.streak} steps in a row up to step {skips.last_step} "
     f"(config.max_consecutive_skips = {skips.limit}); the last good state (step {step}) is in "
