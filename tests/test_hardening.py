@@ -304,6 +304,24 @@ def test_a_live_run_locks_its_workdir_and_a_killed_one_does_not(tmp_path):
   assert [r["step"] for r in records(workdir)] == [4]  # tiny.py logs every 10 steps, and the last.
 
 
+def test_locks_of_other_hosts_go_stale_by_heartbeat_and_torn_ones_by_age(tmp_path):
+  path = tmp_path / lock_lib.LOCK_FILE
+  now = time.time()
+  for heartbeat, live in ((now - 5, True), (now - lock_lib.STALE_SECONDS - 1, False)):
+    owner = {"host": "another-host", "pid": 1, "started": 0, "heartbeat": heartbeat}
+    path.write_text(json.dumps(owner))
+    if live:  # Its processes cannot be seen from here: only the heartbeat tells.
+      with pytest.raises(lock_lib.WorkdirLocked, match="pid 1 on host another-host holds it"):
+        lock_lib.WorkdirLock(tmp_path).acquire()
+    else:
+      lock_lib.WorkdirLock(tmp_path).acquire().release()
+      assert not path.exists()
+  path.write_text("")  # A crash between creating the lock and writing it, long ago.
+  os.utime(path, (now - 60, now - 60))
+  with lock_lib.WorkdirLock(tmp_path):
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+
+
 # Two real processes of one distributed run. The injected dataset stops the run at its first batch
 # (after the lock and the state's initialisation), so the test compiles no train step.
 _TWO_PROCESS_RUN = """

@@ -4,7 +4,8 @@
 thread refreshes every HEARTBEAT_SECONDS. A second run on the workdir is refused with
 `WorkdirLocked` (one sentence naming the owner's host and pid) unless the lock is stale:
 - same host: the owner's pid no longer runs (a kill -9, a crash, a reboot) or is a zombie;
-- another host (whose processes this one cannot see): no heartbeat for STALE_SECONDS.
+- another host (whose processes this one cannot see): no heartbeat for STALE_SECONDS;
+- a lock file that cannot be read for TORN_SECONDS (its owner died while writing it).
 A stale lock is replaced with a warning. The run releases its lock in the training loop's
 `finally`, so a normal end, an error, a NaN stop and a preemption all release it.
 
@@ -35,6 +36,7 @@ from fajax.train.errors import UserError
 LOCK_FILE = "lock.json"
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 120.0  # Four missed heartbeats: the owner on another host is gone.
+TORN_SECONDS = 10.0  # An unreadable lock this old is a write cut short by a crash.
 
 
 class WorkdirLocked(UserError):
@@ -139,8 +141,12 @@ class WorkdirLock:
         self._thread.start()
         return self
       owner = self.read()
-      if owner is None:  # Being written or removed right now: look again.
-        time.sleep(0.2)
+      if owner is None:  # Being written or removed right now, or torn by a crash.
+        if self._age() > TORN_SECONDS:
+          logging.warning("Replacing the unreadable lock %s.", self.path)
+          self.path.unlink(missing_ok=True)
+        else:
+          time.sleep(0.2)
         continue
       reason = stale_reason(owner)
       if reason is None:
@@ -158,6 +164,12 @@ class WorkdirLock:
       f"The workdir {self.path.parent} is in use by another run: {describe(owner, self.path)}; "
       "wait for it to finish, stop it, or use another --workdir."
     )
+
+  def _age(self) -> float:
+    try:
+      return time.time() - float(self.path.stat().mtime)
+    except OSError:
+      return 0.0
 
   def _heartbeat(self) -> None:
     while not self._stop.wait(HEARTBEAT_SECONDS):
