@@ -200,7 +200,7 @@ def test_a_skip_storm_stops_with_one_sentence_and_metrics_stay_json(tmp_path):
   with pytest.raises(train.NonFiniteLossError) as info:
     run(config, tmp_path, dataset=DivergedDigits(index=2))
   assert str(info.value).startswith(
-    "Loss was non-finite for 3 steps in a row up to step 5 (config.max_consecutive_skips = 3); "
+    "Loss was non-finite for 3 steps in a row, steps 3 to 5 (config.max_consecutive_skips = 3); "
     "the last good state (step 6) is in "
   )
   text = (tmp_path / "metrics.jsonl").read_text()

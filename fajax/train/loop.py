@@ -274,9 +274,11 @@ def _stop_skip_storm(step, state, ckpt, save, skips, workdir) -> None:
   if ckpt.latest_step() != step:
     save(step, state)
     ckpt.wait()
-  resume_lib.mark_nonfinite(workdir, skips.last_step, step)
+  # The parameters went bad in the update before the streak's first step.
+  resume_lib.mark_nonfinite(workdir, skips.first_step, step, diverged_at=skips.first_step - 1)
   raise NonFiniteLossError(
-    f"Loss was non-finite for {skips.streak} steps in a row up to step {skips.last_step} "
+    f"Loss was non-finite for {skips.streak} steps in a row, steps {skips.first_step} to "
+    f"{skips.last_step} "
     f"(config.max_consecutive_skips = {skips.limit}); the last good state (step {step}) is in "
     f"{ckpt.directory}; lower the learning rate or raise config.max_consecutive_skips."
   )

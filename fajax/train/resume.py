@@ -13,9 +13,10 @@ compared with it field by field:
   the remedy the NonFiniteLossError names. The stop's state holds the parameters whose loss was
   not finite; when the data was to blame (resume with on_nan='skip') they are fine, but after a
   divergent update no smaller rate can rescue them. So a resume that changes a remedy field rolls
-  back (`roll_back_for_remedy`) to the newest checkpoint before the stop's, whose parameters gave
-  a finite loss, or to step 0 when there is none; the later checkpoints move to
-  `<workdir>/nonfinite_checkpoints/` with a copy of metrics.jsonl, nothing is deleted.
+  back (`roll_back_for_remedy`) to the newest checkpoint made before the parameters that first
+  gave a non-finite loss (for a skip storm: before its first skipped step), or to step 0 when
+  there is none; the later checkpoints move to `<workdir>/nonfinite_checkpoints/` with a copy of
+  metrics.jsonl, nothing is deleted.
 - Every other field (data, model, rule, optimizer, batch, seed, ...) must be equal: otherwise
   `ConfigChanged` names the fields and both values, and nothing in the workdir is touched.
 """
@@ -103,12 +104,19 @@ def check(saved: dict[str, Any] | None, config, *, step: int, where, after_nonfi
     )
 
 
-def mark_nonfinite(workdir, bad_step: int, checkpoint_step: int) -> None:
-  """Records that a non-finite stop left its last good state as `checkpoint_step`."""
+def mark_nonfinite(workdir, bad_step: int, checkpoint_step: int, diverged_at=None) -> None:
+  """Records that a non-finite stop at step `bad_step` left its state as `checkpoint_step`, and
+  that the parameters after `diverged_at` updates (default: checkpoint_step) gave a non-finite
+  loss, so that a remedy rolls back before them."""
   import jax
 
   if jax.process_index() == 0:
-    record = {"nonfinite_step": bad_step, "checkpoint_step": checkpoint_step}
+    diverged_at = checkpoint_step if diverged_at is None else diverged_at
+    record = {
+      "nonfinite_step": bad_step,
+      "checkpoint_step": checkpoint_step,
+      "diverged_at": diverged_at,
+    }
     (epath.Path(workdir) / NONFINITE_FILE).write_text(json.dumps(record) + "\n")
 
 
@@ -137,13 +145,14 @@ def roll_back_for_remedy(workdir, ckpt, meta: dict[str, Any], config) -> bool:
     return False
   import jax
 
-  earlier = [s for s in ckpt.all_steps() if s < step]
+  diverged_at = int(record.get("diverged_at", step))
+  earlier = [s for s in ckpt.all_steps() if s < diverged_at]
   target = epath.Path(workdir) / NONFINITE_DIR
   metrics = epath.Path(workdir) / "metrics.jsonl"
   if jax.process_index() == 0 and metrics.exists():
     target.mkdir(parents=True, exist_ok=True)
     metrics.copy(target / f"metrics-{step}.jsonl", overwrite=True)
-  moved = [ckpt.move_aside(s, NONFINITE_DIR) for s in ckpt.all_steps() if s >= step]
+  moved = [ckpt.move_aside(s, NONFINITE_DIR) for s in ckpt.all_steps() if s >= diverged_at]
   back = earlier[-1] if earlier else 0
   if jax.process_index() == 0:
     record.update(checkpoint_step=back, rolled_back=True)
@@ -151,7 +160,7 @@ def roll_back_for_remedy(workdir, ckpt, meta: dict[str, Any], config) -> bool:
   logging.warning(
     "Resuming the non-finite stop of step %d with %s: starting again from step %d, before the "
     "update that diverged; checkpoints moved to %s.",
-    step + 1,
+    record.get("nonfinite_step", step + 1),
     describe([(k, saved.get(k), new[k]) for k in REMEDIES if saved.get(k) != new[k]]),
     back,
     ", ".join(moved),

@@ -17,7 +17,7 @@ class SkipWatch:
     self.limit = limit  # 0: never stop.
     self.total = skipped  # Skipped steps so far (from the restored state).
     self.streak = 0
-    self.last_step = None  # The last skipped step seen.
+    self.first_step = self.last_step = None  # The first and last step of the current streak.
     self._pending = None
 
   def push(self, step: int, metrics) -> bool:
@@ -35,6 +35,8 @@ class SkipWatch:
     if total == self.total:
       self.streak = 0
       return False
+    if self.streak == 0:
+      self.first_step = step
     self.streak += total - self.total
     self.total, self.last_step = total, step
     limit = f"; the run stops at {self.limit} in a row" if self.limit else ""
