@@ -208,6 +208,9 @@ def test_a_skip_storm_stops_with_one_sentence_and_metrics_stay_json(tmp_path):
   logged = [json.loads(line) for line in text.splitlines()]  # Strict JSON parses.
   assert [r["loss"] is None for r in logged] == [False, False, True, True, True]
   assert checkpoint_lib.Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [6]
+  # A lower learning rate would roll back before the parameters that first failed (2 updates).
+  marker = json.loads((tmp_path / resume.NONFINITE_FILE).read_text())
+  assert marker == {"nonfinite_step": 3, "checkpoint_step": 6, "diverged_at": 2}
 
 
 # -- 3. The workdir lock, with real processes -----------------------------------------------------
