@@ -154,6 +154,17 @@ def sweep(rows, seeds=(0,), learning_rates=None) -> list[dict]:
   return points
 
 
+def with_seeds(points: list[dict], count: int) -> list[dict]:
+  """The sweep's points with seeds 0 .. count-1 each (in place of the seeds they had)."""
+  if count < 1:
+    raise ValueError(f"--seeds = {count} is not valid; use 1 or more.")
+  bases = {}
+  for point in points:
+    base = {k: v for k, v in point.items() if k != "seed"}
+    bases.setdefault(tuple(sorted(base.items())), base)
+  return [{**base, "seed": seed} for base in bases.values() for seed in range(count)]
+
+
 def point_name(point: dict) -> str:
   """A run's directory name, e.g. 'usf_sn-seed0' or 'fa-seed1-lr0.01'."""
   name = f"{point['row']}-seed{point['seed']}"

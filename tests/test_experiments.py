@@ -118,3 +118,11 @@ def test_sweep_runs_resumes_and_reports(tmp_path):
   emitted = run(command + ["--emit_commands"])
   lines = [x for x in emitted.stdout.splitlines() if x.startswith("python launch/main.py")]
   assert len(lines) == 2 and "--config.diagnostics_every=2" in lines[0]
+  seeded = run(command + ["--emit_commands", "--seeds=3", "--rows=fa"])
+  lines = [x for x in seeded.stdout.splitlines() if x.startswith("python launch/main.py")]
+  assert [x.split("--workdir=")[1].split()[0].rsplit("/", 1)[1] for x in lines] == [
+    f"fa-seed{k}" for k in range(3)
+  ]
+  assert all(f"--config.seed={k}" in x for k, x in enumerate(lines))
+  refused = run(command + ["--config.seed=1"])
+  assert refused.returncode != 0 and "--seeds" in refused.stderr

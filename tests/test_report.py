@@ -108,3 +108,13 @@ def test_color_map_is_stable_and_distinct():
   assert a["fa"] == b["fa"] and a["fa"] != a["bp"]
   assert len(set(plotting.color_map(order, order=order).values())) == len(order)
   assert plotting.color_map(["x", "y"]) == {"x": plotting.PALETTE[0], "y": plotting.PALETTE[1]}
+
+
+def test_with_seeds_replaces_the_seeds_of_every_point():
+  points = table.sweep(["bp", "fa"], seeds=(0,), learning_rates=(0.1, 0.01))
+  seeded = table.with_seeds(points, 3)
+  assert len(seeded) == 2 * 2 * 3
+  assert {table.point_name(p) for p in seeded} >= {"fa-seed2-lr0.01", "bp-seed0-lr0.1"}
+  assert table.with_seeds(table.with_seeds(points, 3), 2) == table.with_seeds(points, 2)
+  with pytest.raises(ValueError, match="--seeds"):
+    table.with_seeds(points, 0)
