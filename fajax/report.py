@@ -166,8 +166,61 @@ def plot_alignment(runs: list[dict], path: str, colors=None) -> str | None:
   )
 
 
+def axis_table(runs: list[dict]) -> str:
+  """Final test error per row (lines) and value of the sweep's axis (columns, e.g. depth):
+  mean ± sample std over seeds, with n."""
+  label = runs[0]["axis"][0]
+  values = sorted({run["axis"][1] for run in runs})
+  errors = collections.defaultdict(list)
+  for run in runs:
+    errors[(run["row"], run["axis"][1])].append(run["error"])
+  rows = [r for r in table.ROWS if any((r, v) in errors for v in values)]
+  lines = [
+    "| method | " + " | ".join(f"{label} {v}" for v in values) + " |",
+    "|---|" + "---|" * len(values),
+  ]
+  for row in rows:
+    cells = []
+    for v in values:
+      ours = errors.get((row, v), [])
+      cells.append(_mean_std(ours) + (f" (n={len(ours)})" if len(ours) > 1 else ""))
+    lines.append(f"| {table.label(row)} | " + " | ".join(cells) + " |")
+  datasets = ", ".join(sorted({run.get("dataset", "?") for run in runs}))
+  note = f"Top-1 test error, % on {datasets}; mean ± sample std over n seeds where n > 1."
+  return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def plot_axis(runs: list[dict], path: str, colors=None) -> str:
+  """Final test error against the sweep's axis (e.g. depth, log2 scale): a line per row, mean
+  over seeds with ±1 std error bars, the row colours of `row_colors`."""
+  from fajax import plotting
+
+  colors = colors or row_colors(runs)
+  label = runs[0]["axis"][0]
+  plt, fig, axes = plotting.new_figure(1, 1, width=5.5, height=4.0)
+  ax = axes[0][0]
+  for row, seeds in by_row(runs).items():
+    by_value = collections.defaultdict(list)
+    for run in seeds:
+      by_value[run["axis"][1]].append(run["error"])
+    values = sorted(by_value)
+    n = max(len(v) for v in by_value.values())
+    curves = [(values, [by_value[v][k] for v in values]) for k in range(n)]
+    if any(len(by_value[v]) != n for v in values):  # unequal seeds: plain means, no bars
+      curves = [(values, [float(np.mean(by_value[v])) for v in values])]
+    plotting.draw_curve(ax, curves, colors[row], table.label(row))
+  values = sorted({run["axis"][1] for run in runs})
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(values, [str(v) for v in values])
+  ax.set_xlabel(label)
+  ax.set_ylabel("test top-1 error (%)")
+  ax.grid(alpha=0.3)
+  return plotting.save_figure(plt, fig, path, f"test error vs {label}")
+
+
 def write_report(paths, out_dir: str) -> str:
-  """Writes report.md, errors.png and (where diagnostics were logged) alignment.png to out_dir.
+  """Writes report.md, errors.png and (where diagnostics were logged) alignment.png to out_dir;
+  for a sweep along an axis (experiment.json has `axis`, e.g. depth): report.md and <axis>.png.
 
   Returns the markdown table.
   """
@@ -178,9 +231,17 @@ def write_report(paths, out_dir: str) -> str:
       "run launch/sweep.py first or point the report at its workdir."
     )
   os.makedirs(out_dir, exist_ok=True)
+  colors = row_colors(runs)
+  if any("axis" in run for run in runs):  # A sweep along an axis (depth): error vs the axis.
+    runs = [run for run in runs if "axis" in run]
+    text = axis_table(runs)
+    name = f"{runs[0]['axis'][0]}.png"
+    plot_axis(runs, os.path.join(out_dir, name), colors)
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+      f.write(f"# Results\n\n{text}\n![test error vs {name[:-4]}]({name})\n")
+    return text
   text = markdown_table(runs)
   body = "# Results\n\n" + text + "\n![test error](errors.png)\n"
-  colors = row_colors(runs)
   plot_error_curves(runs, os.path.join(out_dir, "errors.png"), colors)
   if plot_alignment(runs, os.path.join(out_dir, "alignment.png"), colors):
     body += "\n![alignment angles](alignment.png)\n"

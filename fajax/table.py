@@ -166,10 +166,13 @@ def with_seeds(points: list[dict], count: int) -> list[dict]:
 
 
 def point_name(point: dict) -> str:
-  """A run's directory name, e.g. 'usf_sn-seed0' or 'fa-seed1-lr0.01'."""
+  """A run's directory name, e.g. 'usf_sn-seed0', 'fa-seed1-lr0.01', 'bp-seed2-convs_per_stage4'
+  (every override of the point but the seed, by the last part of its name)."""
   name = f"{point['row']}-seed{point['seed']}"
-  if "learning_rate" in point:
-    name += f"-lr{point['learning_rate']:g}"
+  for key, value in sorted(point.items()):
+    if key not in ("row", "seed"):
+      short = "lr" if key == "learning_rate" else key.rsplit(".", 1)[-1]
+      name += f"-{short}{value:g}" if isinstance(value, float) else f"-{short}{value}"
   return name
 
 

@@ -106,6 +106,8 @@ def main(argv):
       "dataset": config.dataset,
       "config": f"{path}:{config_arg}",
     }
+    if hasattr(module, "axis"):  # The report's x axis (e.g. depth), when the sweep has one.
+      meta["axis"] = list(module.axis(point))
     with open(os.path.join(run_dir, report.EXPERIMENT_FILE), "w") as f:
       json.dump(meta, f, indent=2)
     from fajax.train import train_and_evaluate

@@ -118,3 +118,24 @@ def test_with_seeds_replaces_the_seeds_of_every_point():
   assert table.with_seeds(table.with_seeds(points, 3), 2) == table.with_seeds(points, 2)
   with pytest.raises(ValueError, match="--seeds"):
     table.with_seeds(points, 0)
+
+
+def test_axis_sweep_reports_error_vs_depth(tmp_path, drawn):
+  """A sweep along an axis (experiment.json's `axis`, as experiments/depth.py writes it): a table
+  of rows x depths and depth.png with one line per rule."""
+  errors = {("bp", 2): [2.0, 4.0], ("bp", 8): [3.0, 5.0], ("fa", 2): [6.0, 8.0], ("fa", 8): [9, 13]}
+  for (row, depth), values in errors.items():
+    for seed, error in enumerate(values):
+      run = tmp_path / f"{row}-seed{seed}-d{depth}"
+      run.mkdir()
+      meta = {"column": "depth", "row": row, "seed": seed, "axis": ["depth", depth]}
+      (run / report.EXPERIMENT_FILE).write_text(json.dumps(meta))
+      test = {"step": 9, "split": "test", "top1_error": error / 100}
+      (run / report.METRICS_FILE).write_text(json.dumps(test) + "\n")
+  text = report.write_report([tmp_path], tmp_path / "out")
+  assert text.splitlines()[0] == "| method | depth 2 | depth 8 |"
+  assert "| BP | 3.0 ± 1.4 (n=2) | 4.0 ± 1.4 (n=2) |" in text
+  assert "| FA | 7.0 ± 1.4 (n=2) | 11.0 ± 2.8 (n=2) |" in text
+  assert drawn["depth.png"] == [["BP", "FA"]]
+  assert (tmp_path / "out" / "depth.png").read_bytes()[:4] == b"\x89PNG"
+  assert "depth.png" in (tmp_path / "out" / "report.md").read_text()
