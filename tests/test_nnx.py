@@ -1,0 +1,172 @@
+"""fajax.nnx: NNX layers and models under every rule, against the Linen layers and by hand."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import fajax
+import fajax.nnx as fnnx
+from fajax import constraints, layers, rules
+
+# Every layer-local rule, with each usf scale (dfa and densefa need a model: tested below).
+RULES = [
+  ("bp", {}),
+  ("bp_noise", {"sigma": 0.5}),
+  ("fa", {}),
+  ("kp", {}),
+  ("usf", {"scale": "init"}),
+  ("usf", {"scale": "sn"}),
+  ("usf", {"scale": "std"}),
+  ("usf", {"scale": "none"}),
+  ("brsf", {}),
+  ("frsf", {}),
+]
+# Stride, asymmetric padding, dilation and feature groups at once (as tests/test_rules.py).
+CONV = dict(strides=2, padding=((1, 2), (0, 1)), kernel_dilation=(1, 2), feature_group_count=2)
+
+
+def _rule_id(spec):
+  name, options = spec
+  return name + "".join(f"-{v}" for v in options.values())
+
+
+def _linen_and_nnx_layer(kind, rule):
+  """A Linen fajax layer, its variables, and the NNX layer holding the same W, b and B."""
+  if kind == "dense":
+    x = jax.random.normal(jax.random.key(1), (3, 5))
+    linen = fajax.Dense(4, rule=rule)
+    nnx_layer = fnnx.Linear(5, 4, rule=rule, rngs=nnx.Rngs(2))
+  else:
+    x = jax.random.normal(jax.random.key(1), (2, 7, 6, 4))
+    linen = fajax.Conv(4, (3, 3), rule=rule, **CONV)
+    nnx_layer = fnnx.Conv(4, 4, (3, 3), rule=rule, rngs=nnx.Rngs(2), **CONV)
+  variables = linen.init({"params": jax.random.key(0), "feedback": jax.random.key(3)}, x)
+  fnnx.load_linen_variables(nnx_layer, variables)
+  return x, linen, variables, nnx_layer
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+@pytest.mark.parametrize("spec", RULES, ids=_rule_id)
+def test_layer_gradients_equal_the_linen_layer_bit_for_bit(kind, spec):
+  rule = rules.get(spec[0], **spec[1])
+  x, linen, variables, nnx_layer = _linen_and_nnx_layer(kind, rule)
+  # The same stored B (fa, kp, frsf, usf init/std, densefa's B)...
+  assert _trees_equal(fnnx.linen_variables(nnx_layer), variables)
+  rngs = {"feedback": jax.random.key(9)}  # ...and the same per-step B (brsf, bp_noise).
+  shape = jax.eval_shape(lambda: fajax.apply(linen, variables, x, rngs=rngs)).shape
+  target = jax.random.normal(jax.random.key(4), shape)
+
+  def linen_loss(params, x):
+    out = fajax.apply(linen, {**variables, "params": params}, x, rngs=rngs)
+    return jnp.sum(out * target)
+
+  graphdef, params, rest = nnx.split(nnx_layer, nnx.Param, ...)
+
+  def nnx_loss(params, x):
+    out = fnnx.apply(nnx.merge(graphdef, params, rest), x, rngs=rngs)
+    return jnp.sum(out * target)
+
+  want = jax.grad(linen_loss, argnums=(0, 1))(variables["params"], x)
+  got_params, got_x = jax.grad(nnx_loss, argnums=(0, 1))(params, x)
+  np.testing.assert_array_equal(got_x, want[1])
+  for name in ("kernel", "bias"):
+    np.testing.assert_array_equal(got_params[name].get_value(), want[0][name])
+  if rule.name != "bp":  # the input gradient is not backprop's
+    with layers.force_backprop():
+      bp_x = jax.grad(lambda x: jnp.sum(fajax.apply(linen, variables, x) * target))(x)
+    assert not np.allclose(got_x, bp_x)
+
+
+def _trees_equal(a, b):
+  a, b = jax.tree_util.tree_flatten_with_path(dict(a)), jax.tree_util.tree_flatten_with_path(dict(b))
+  return [p for p, _ in a[0]] == [p for p, _ in b[0]] and all(
+    np.array_equal(x, y) for (_, x), (_, y) in zip(a[0], b[0], strict=True)
+  )
+
+
+class PlainNet(nnx.Module):
+  """A plain NNX model (nnx.Conv / nnx.Linear, batch norm, a list of layers, a shared layer)."""
+
+  num_classes = 3  # dfa's output width
+
+  def __init__(self, rngs):
+    self.conv = nnx.Conv(2, 4, (3, 3), **CONV, rngs=rngs)
+    self.bn = nnx.BatchNorm(4, rngs=rngs)
+    self.blocks = nnx.List([nnx.Linear(40, 8, rngs=rngs), nnx.Linear(8, 8, rngs=rngs)])
+    self.shared = self.blocks[1]  # the same layer under two paths
+    self.head = nnx.Linear(8, 3, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.bn(self.conv(x)))
+    x = jnp.tanh(self.blocks[0](x.reshape(x.shape[0], -1)))
+    x = nnx.relu(self.shared(x))
+    return self.head(x)
+
+
+def _net_input():
+  return jax.random.normal(jax.random.key(5), (2, 8, 6, 2))
+
+
+def test_bp_equals_nnx_grad_of_the_plain_model_bit_for_bit():
+  x = _net_input()
+  plain = PlainNet(nnx.Rngs(0))
+  converted = fnnx.convert(nnx.clone(plain), "bp", rngs=nnx.Rngs(1))
+  loss = lambda m, x: jnp.sum(m(x) ** 2)
+  want = nnx.jit(nnx.grad(loss, argnums=(0, 1)))(plain, x)
+  got = nnx.jit(nnx.grad(loss, argnums=(0, 1)))(converted, x)
+  assert _trees_equal(nnx.to_pure_dict(got[0]), nnx.to_pure_dict(want[0]))
+  np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_convert_keeps_the_parameter_tree_and_resolves_overrides_by_path():
+  plain = PlainNet(nnx.Rngs(0))
+  before = nnx.to_pure_dict(nnx.state(plain, nnx.Param))
+  kernel = plain.blocks[0].kernel
+  model = fnnx.convert(plain, "fa", rngs=nnx.Rngs(1), overrides={"head": "bp", "blocks/0": "usf"})
+  assert model is plain and isinstance(model.blocks[0], fnnx.Linear)
+  assert model.blocks[0].kernel is kernel  # the same Param objects: optimizer state still fits
+  assert model.shared is model.blocks[1]  # sharing survives
+  assert _trees_equal(nnx.to_pure_dict(nnx.state(model, nnx.Param)), before)
+  feedback = nnx.to_pure_dict(nnx.state(model, fnnx.Feedback))
+  # fa keeps B per layer; usf(sn) and bp keep nothing; Feedback is not a Param.
+  assert set(feedback) == {"conv", "blocks"} and set(feedback["blocks"]) == {1}
+  assert model.head.rule.name == "bp" and model.blocks[0].rule.name == "usf"
+  # In the Linen layout (what the trainer and checkpoints see) B sits at feedback/<layer>/kernel.
+  linen = fnnx.linen_variables(model)
+  assert linen["feedback"]["conv"]["kernel"].shape == model.conv.kernel.shape
+  assert set(linen) == {"params", "feedback", "batch_stats"}
+
+
+def test_nnx_optimizer_never_sees_feedback():
+  model = fnnx.convert(PlainNet(nnx.Rngs(0)), "fa", rngs=nnx.Rngs(1))
+  b = model.head.feedback["kernel"].get_value()
+  optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+  grads = nnx.grad(lambda m: jnp.sum(m(_net_input()) ** 2))(model)
+  assert not jax.tree.leaves(nnx.state(grads, fnnx.Feedback))
+  optimizer.update(model, grads)
+  np.testing.assert_array_equal(model.head.feedback["kernel"].get_value(), b)
+
+
+def test_per_layer_overrides_are_refused_on_a_lone_layer():
+  with pytest.raises(ValueError, match="fajax.nnx.convert"):
+    fnnx.Linear(2, 3, rule=rules.get("fa", overrides={"x": "bp"}), rngs=nnx.Rngs(0))
+
+
+def test_layers_without_rngs_for_per_step_rules_draw_from_their_own_stream():
+  layer = fnnx.Linear(4, 3, rule="brsf", rngs=nnx.Rngs(0))
+  x = jnp.ones((2, 4))
+  g = lambda: nnx.grad(lambda m, x: jnp.sum(m(x) ** 2), argnums=1)(layer, x)
+  assert not np.array_equal(g(), g())  # a new B every call, as brsf means
+
+
+def test_direct_rules_need_apply():
+  model = fnnx.convert(PlainNet(nnx.Rngs(0)), "dfa", rngs=nnx.Rngs(1), sample=_net_input())
+  with pytest.raises(ValueError, match=r"fajax.nnx.apply\(model, x\)"):
+    model(_net_input())
+  with pytest.raises(ValueError, match="sample=x"):
+    fnnx.convert(PlainNet(nnx.Rngs(0)), "densefa", rngs=nnx.Rngs(1))
+  assert fnnx.apply(model, _net_input()).shape == (2, 3)
