@@ -8,6 +8,8 @@ import optax
 import pytest
 from flax import nnx
 
+import test_direct  # its hand-derived deltas (pytest puts tests/ on the path)
+
 import fajax
 import fajax.nnx as fnnx
 from fajax import constraints, layers, rules
@@ -170,3 +172,49 @@ def test_direct_rules_need_apply():
   with pytest.raises(ValueError, match="sample=x"):
     fnnx.convert(PlainNet(nnx.Rngs(0)), "densefa", rngs=nnx.Rngs(1))
   assert fnnx.apply(model, _net_input()).shape == (2, 3)
+
+
+# --- dfa / densefa against the hand-derived deltas of tests/test_direct.py ----------------------
+
+
+class DirectCNN(nnx.Module):
+  """tests/test_direct.py's CNN in NNX, its layers named as Linen names them."""
+
+  num_classes = test_direct.K
+
+  def __init__(self, rngs):
+    self.Conv_0 = nnx.Conv(2, 3, (3, 3), **test_direct.CONV0, rngs=rngs)
+    self.Conv_1 = nnx.Conv(3, 4, (2, 2), **test_direct.CONV1, rngs=rngs)
+    self.Dense_0 = nnx.Linear(24, 6, rngs=rngs)
+    self.Dense_1 = nnx.Linear(6, test_direct.K, rngs=rngs)
+
+  def __call__(self, x):
+    x = test_direct._pool(nnx.relu(self.Conv_0(x)))
+    x = jnp.tanh(self.Conv_1(x))
+    x = nnx.relu(self.Dense_0(x.reshape(x.shape[0], -1)))
+    return self.Dense_1(x)
+
+
+def _nnx_grads(model, x, y):
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(params):
+    return test_direct._loss(fnnx.apply(nnx.merge(graphdef, params, rest), x), y)
+
+  return nnx.to_pure_dict(jax.jit(jax.grad(loss))(params))
+
+
+@pytest.mark.parametrize("rule", ["dfa", "densefa"])
+def test_direct_rules_give_the_hand_derived_deltas(rule):
+  x, y = test_direct._data((8, 8, 2))
+  linen = test_direct.CNN(rule=rule)
+  v = linen.init(jax.random.key(0), x)
+  model = fnnx.convert(DirectCNN(nnx.Rngs(0)), rule, rngs=nnx.Rngs(1), sample=x[:1])
+  # convert sized the same matrices under the same names; load the Linen draws into them.
+  assert jax.tree.map(jnp.shape, fnnx.linen_variables(model)) == jax.tree.map(jnp.shape, v)
+  fnnx.load_linen_variables(model, v)
+  got = _nnx_grads(model, x, y)
+  want = test_direct._cnn_hand(rule, v["feedback"], v["params"], x, y)
+  test_direct._assert_tree_close(got, want)
+  linen_grads = test_direct._grads(linen, v, x, y)
+  assert _trees_equal(got, linen_grads)  # and exactly the Linen model's
