@@ -1,5 +1,7 @@
 """fajax.nnx: NNX layers and models under every rule, against the Linen layers and by hand."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,10 +11,14 @@ import pytest
 from flax import nnx
 
 import test_direct  # its hand-derived deltas (pytest puts tests/ on the path)
+import test_train
+from test_train import compilation_cache  # noqa: F401 (autouse: resumed runs reuse compiles)
 
 import fajax
 import fajax.nnx as fnnx
 from fajax import constraints, layers, rules
+from fajax.train import build as build_lib
+from fajax.train import loop as loop_lib
 
 # Every layer-local rule, with each usf scale (dfa and densefa need a model: tested below).
 RULES = [
@@ -84,7 +90,10 @@ def test_layer_gradients_equal_the_linen_layer_bit_for_bit(kind, spec):
 
 
 def _trees_equal(a, b):
-  a, b = jax.tree_util.tree_flatten_with_path(dict(a)), jax.tree_util.tree_flatten_with_path(dict(b))
+  a, b = (
+    jax.tree_util.tree_flatten_with_path(dict(a)),
+    jax.tree_util.tree_flatten_with_path(dict(b)),
+  )
   return [p for p, _ in a[0]] == [p for p, _ in b[0]] and all(
     np.array_equal(x, y) for (_, x), (_, y) in zip(a[0], b[0], strict=True)
   )
@@ -218,3 +227,74 @@ def test_direct_rules_give_the_hand_derived_deltas(rule):
   test_direct._assert_tree_close(got, want)
   linen_grads = test_direct._grads(linen, v, x, y)
   assert _trees_equal(got, linen_grads)  # and exactly the Linen model's
+
+
+# --- the trainer on an NNX model -----------------------------------------------------------------
+
+
+class TinyNnx(nnx.Module):
+  """test_train.TinyNet in NNX, with the same layer names (hence the same variables)."""
+
+  def __init__(self, num_classes, *, dtype=jnp.float32, batch_norm=False, dropout=0.0, rngs):
+    self.num_classes, self.dtype = num_classes, dtype
+    self.Dense_0 = nnx.Linear(64, 16, dtype=dtype, rngs=rngs)
+    self.BatchNorm_0 = nnx.BatchNorm(16, momentum=0.9, rngs=rngs) if batch_norm else None
+    self.Dropout_0 = nnx.Dropout(dropout, rngs=rngs) if dropout else None
+    self.Dense_1 = nnx.Linear(16, num_classes, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    x = x.reshape((x.shape[0], -1)).astype(self.dtype) / 16.0
+    x = self.Dense_0(x)
+    if self.BatchNorm_0 is not None:
+      x = self.BatchNorm_0(x)
+    x = nnx.relu(x)
+    if self.Dropout_0 is not None:
+      x = self.Dropout_0(x)
+    return self.Dense_1(x).astype(jnp.float32)
+
+
+@pytest.mark.parametrize("rule", ["brsf", "dfa"])
+def test_trainer_on_an_nnx_model_one_device_and_eight_give_the_same_losses(rule):
+  losses = {}
+  for n in (1, 8):
+    config = test_train.tiny_config(rule=rule, mesh={"data": n, "model": 1}, num_steps=4)
+    losses[n], state = test_train.step_losses(config, model=TinyNnx)
+    assert len(state.params["Dense_0"]["kernel"].sharding.device_set) == n
+    assert set(state.feedback) == {"Dense_1"} if rule == "dfa" else {"Dense_0", "Dense_1"}
+  assert losses[1][-1] < losses[1][0]
+  np.testing.assert_allclose(losses[8], losses[1], rtol=2e-5, atol=1e-6)
+
+
+def test_trainer_on_an_nnx_model_kill_and_resume_is_bit_identical(tmp_path):
+  model = functools.partial(TinyNnx, batch_norm=True, dropout=0.25)
+  config = test_train._resume_config()  # brsf, momentum, weight decay, cosine, async checkpoints
+  full = test_train.run(config, tmp_path / "full", model=model)
+  with pytest.raises(test_train.Interrupt):
+    test_train.run(
+      config, tmp_path / "killed", model=model, callbacks=[test_train._interrupt_at(7)]
+    )
+  resumed = test_train.run(config, tmp_path / "killed", model=model)
+  assert int(resumed.step) == 10
+  for name in ("params", "feedback", "batch_stats", "opt_state"):
+    test_train.assert_trees_equal(getattr(full, name), getattr(resumed, name))
+  assert test_train.records(tmp_path / "killed") == test_train.records(tmp_path / "full")
+  assert test_train.records(tmp_path / "killed", "test") == test_train.records(
+    tmp_path / "full", "test"
+  )
+
+
+def test_trainer_diagnostics_on_an_nnx_model_equal_the_linen_models():
+  config = test_train.tiny_config(rule="brsf", num_steps=2, diagnostics_every=1)
+  linen = build_lib.build(config, model=functools.partial(test_train.TinyNet, batch_norm=True))
+  nnx_exp = build_lib.build(config, model=functools.partial(TinyNnx, batch_norm=True))
+  state = linen.init(jax.random.PRNGKey(0))
+  # Same variables, paths included: the Linen state runs the NNX model as it is.
+  assert jax.tree.structure(state) == jax.tree.structure(nnx_exp.abstract_state)
+  batch = next(loop_lib.train_batches(linen, 0))
+  copy = jax.tree.map(jnp.copy, state)  # the steps donate their state
+  _, want = linen.diagnostics_step(state, batch)
+  _, got = nnx_exp.diagnostics_step(copy, batch)
+  angles = [k for k in want if k.startswith("align/")]
+  assert len(angles) == 10 and set(got) == set(want)
+  for key in want:
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)

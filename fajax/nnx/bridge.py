@@ -33,6 +33,7 @@ import jax
 from flax import nnx
 
 from fajax import layers as fajax_layers
+from fajax.nnx import convert as convert_lib
 from fajax.nnx import layers
 
 
@@ -71,9 +72,12 @@ class Bridge(nn.Module):
   """An NNX model as a Linen module (see the module docstring).
 
   factory: builds the NNX model; called as `factory(rngs=nnx.Rngs(...))`.
+  rule: if not None, the model is run through `fajax.nnx.convert(model, rule, ...)` after it is
+    built (the call's inputs size dfa / densefa matrices), so plain NNX models train under it.
   """
 
   factory: Callable[..., nnx.Module]
+  rule: Any = None
 
   @nn.compact
   def __call__(self, *args, train: bool | None = None, **kwargs):
@@ -82,7 +86,10 @@ class Bridge(nn.Module):
     # draws are discarded (the variables are loaded over them), so a fixed default will do.
     streams = {name: self.make_rng(name) for name in self.scope.rngs}
     streams.setdefault("default", jax.random.key(0))
-    model = self.factory(rngs=nnx.Rngs(**streams))
+    rngs = nnx.Rngs(**streams)
+    model = self.factory(rngs=rngs)
+    if self.rule is not None:
+      model = convert_lib.convert(model, self.rule, rngs=rngs, sample=args)
     if not initializing:
       load_linen_variables(model, self.variables)
     if train is not None:
@@ -148,17 +155,17 @@ def load_linen_variables(model, variables) -> None:
     variable.set_value(value)
 
 
-def to_linen(model, **kwargs) -> Bridge:
+def to_linen(model, rule=None, **kwargs) -> Bridge:
   """A Linen module for the trainer from an NNX model class, factory or instance.
 
-  A class or factory is called as `model(**kwargs, rngs=...)` on every call of the Bridge
-  (e.g. `to_linen(fajax.nnx.models.MnistNet, num_classes=10)`); an instance is cloned, so its
-  current values are the initial ones.
+  A class or factory is called as `model(**kwargs, rngs=...)` (e.g. `to_linen(
+  fajax.nnx.models.MnistNet, "fa", num_classes=10)`); an instance is copied, so its current
+  values are the initial ones. `rule` (None: the layers as they are) is applied by `convert`.
   """
   if isinstance(model, nnx.Module):
     graphdef, state = nnx.split(model)
-    return Bridge(factory=lambda rngs: nnx.merge(graphdef, state, copy=True))
-  return Bridge(factory=functools.partial(model, **kwargs))
+    return Bridge(factory=lambda rngs: nnx.merge(graphdef, state, copy=True), rule=rule)
+  return Bridge(factory=functools.partial(model, **kwargs), rule=rule)
 
 
 def is_nnx(model) -> bool:
@@ -168,6 +175,4 @@ def is_nnx(model) -> bool:
   target = model
   while isinstance(target, functools.partial):
     target = target.func
-  return inspect.isclass(target) and issubclass(target, nnx.Module) or getattr(
-    target, "fajax_nnx_factory", False
-  )
+  return inspect.isclass(target) and issubclass(target, nnx.Module)

@@ -19,10 +19,19 @@ from fajax import rules as rules_lib
 from fajax.nnx import layers
 
 _LINEAR_ARGS = (
-  "use_bias", "dtype", "param_dtype", "precision", "promote_dtype", "preferred_element_type",
+  "use_bias",
+  "dtype",
+  "param_dtype",
+  "precision",
+  "promote_dtype",
+  "preferred_element_type",
 )
 _CONV_ARGS = _LINEAR_ARGS + (
-  "padding", "input_dilation", "kernel_dilation", "feature_group_count", "mask",
+  "padding",
+  "input_dilation",
+  "kernel_dilation",
+  "feature_group_count",
+  "mask",
 )
 
 
@@ -146,6 +155,14 @@ def build_direct_feedback(model, sample, rngs):
   args = sample if isinstance(sample, tuple) else (sample,)
   from fajax import direct
 
+  # The pass must leave the model as it was (batch statistics, rng counts): only feedback is new.
+  saved = [
+    (v, v.get_value())
+    for _, v in nnx.iter_graph(model)
+    if isinstance(v, nnx.Variable) and not isinstance(v, layers.Feedback)
+  ]
   call = layers._Call(model, initializing=True, init_rngs=rngs)
   with layers.active(call), direct._inside_apply():
     model(*args)
+  for variable, value in saved:
+    variable.set_value(value)

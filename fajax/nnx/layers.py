@@ -247,7 +247,8 @@ def _build_feedback(layer, rule, rngs):
       "built: build it with the base rule and call fajax.nnx.convert(model, rule) on the model."
     )
   layer.feedback = nnx.Dict()
-  layer.feedback_rngs = (
+  # nnx.data: a later convert may swap None for a stream (or back) on the same layer.
+  layer.feedback_rngs = nnx.data(
     rngs[rules_lib.FEEDBACK_RNG].fork() if isinstance(layer.rule, PER_STEP_RULES) else None
   )
   kernel = layer.kernel.get_value()
@@ -309,7 +310,11 @@ class Linear(nnx.Linear):
   ):
     _refuse_injection(kwargs, "dot_general")
     super().__init__(
-      in_features, out_features, kernel_init=kernel_init, dot_general=_dot_general, rngs=rngs,
+      in_features,
+      out_features,
+      kernel_init=kernel_init,
+      dot_general=_dot_general,
+      rngs=rngs,
       **kwargs,
     )
     self.kernel_init = kernel_init  # the rules draw B from the kernel's initializer
