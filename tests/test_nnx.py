@@ -298,3 +298,24 @@ def test_trainer_diagnostics_on_an_nnx_model_equal_the_linen_models():
   assert len(angles) == 10 and set(got) == set(want)
   for key in want:
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+# --- constraints and Kolen-Pollack with nnx.Optimizer -------------------------------------------
+
+
+def test_kolen_pollack_and_constraints_with_nnx_optimizer():
+  model = fnnx.convert(PlainNet(nnx.Rngs(0)), "kp", rngs=nnx.Rngs(1), overrides={"head": "fa"})
+  tx = optax.chain(optax.sgd(0.5), constraints.sign_constraint(), constraints.norm_constraint())
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  w0 = {k: np.asarray(getattr(model, k).kernel.get_value()) for k in ("conv", "head")}
+  b0 = {k: np.asarray(getattr(model, k).feedback["kernel"].get_value()) for k in ("conv", "head")}
+  grads = nnx.grad(lambda m: jnp.sum(m(_net_input()) ** 2))(model)
+  fnnx.update(optimizer, model, grads, kp_decay=0.25)
+  w = {k: np.asarray(getattr(model, k).kernel.get_value()) for k in ("conv", "head")}
+  b = {k: np.asarray(getattr(model, k).feedback["kernel"].get_value()) for k in ("conv", "head")}
+  # kp: B - W shrinks by (1 - decay) (B gets W's update); the fa head keeps its B.
+  np.testing.assert_allclose(b["conv"] - w["conv"], 0.75 * (b0["conv"] - w0["conv"]), atol=1e-6)
+  np.testing.assert_array_equal(b["head"], b0["head"])
+  for k in w:  # E/I: no sign flips; Const.: the initial norm; both on kernels only.
+    assert not np.allclose(w[k], w0[k]) and np.all(w[k] * np.sign(w0[k]) >= 0)
+    np.testing.assert_allclose(np.linalg.norm(w[k]), np.linalg.norm(w0[k]), rtol=1e-5)

@@ -11,7 +11,7 @@ docs/nnx.md explains the design (one trainer: NNX models reach it through `Bridg
 from fajax.nnx.bridge import Bridge, linen_variables, load_linen_variables, to_linen
 from fajax.nnx.convert import convert
 from fajax.nnx.layers import Conv, Feedback, Linear, apply
-from fajax.nnx.optim import kolen_pollack_update
+from fajax.nnx.optim import update
 
 __all__ = [
   "Bridge",
@@ -20,8 +20,8 @@ __all__ = [
   "Linear",
   "apply",
   "convert",
-  "kolen_pollack_update",
   "linen_variables",
   "load_linen_variables",
   "to_linen",
+  "update",
 ]

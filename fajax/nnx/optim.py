@@ -22,11 +22,12 @@ def _kp_layers(model):
         yield node
 
 
-def kolen_pollack_update(optimizer, model, grads, decay=0.0):
+def update(optimizer, model, grads, *, kp_decay=0.0):
   """`optimizer.update(model, grads)`, then the Kolen-Pollack step B <- B + dW - decay (B - W).
 
-  dW is the change the optimizer made to each kp layer's kernel; pass decay = lr * weight decay
-  (see `fajax.constraints.kolen_pollack_update`, which this calls per layer).
+  dW is the change the optimizer made to each kp layer's kernel; pass kp_decay = lr * weight
+  decay (see `fajax.constraints.kolen_pollack_update`, which this calls per layer). Without kp
+  layers this is `optimizer.update(model, grads)`.
   """
   kp = list(_kp_layers(model))
   before = [jax.numpy.asarray(layer.kernel.get_value()) for layer in kp]
@@ -38,6 +39,6 @@ def kolen_pollack_update(optimizer, model, grads, decay=0.0):
       {"kernel": b.get_value()},
       {"kernel": w},
       {"kernel": layer.kernel.get_value() - w},
-      decay,
+      kp_decay,
     )
     b.set_value(new["kernel"])
