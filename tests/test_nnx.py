@@ -16,6 +16,7 @@ from test_train import compilation_cache  # noqa: F401 (autouse: resumed runs re
 
 import fajax
 import fajax.nnx as fnnx
+from fajax.nnx import models as fnnx_models
 from fajax import constraints, layers, rules
 from fajax.train import build as build_lib
 from fajax.train import loop as loop_lib
@@ -319,3 +320,40 @@ def test_kolen_pollack_and_constraints_with_nnx_optimizer():
   for k in w:  # E/I: no sign flips; Const.: the initial norm; both on kernels only.
     assert not np.allclose(w[k], w0[k]) and np.all(w[k] * np.sign(w0[k]) >= 0)
     np.testing.assert_allclose(np.linalg.norm(w[k]), np.linalg.norm(w0[k]), rtol=1e-5)
+
+
+# --- the NNX zoo ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mnist_net", "resnet20"])
+def test_nnx_zoo_models_are_their_linen_twins(name):
+  """Same variables (paths, shapes) and the same function on the same weights, under a rule.
+
+  (Gradients under every rule are the layers' business, tested above.)
+  """
+  x = jax.random.normal(jax.random.key(0), (2, *fnnx_models.INPUT_SHAPES[name]))
+  init = lambda m, x: m.init({"params": jax.random.key(1)}, x[:1], train=False)
+  shapes = lambda m, x: jax.tree.map(jnp.shape, jax.eval_shape(lambda: init(m, x)))
+  linen = fajax.models.get(name, num_classes=10, rule="frsf")
+  bridge = fnnx.to_linen(fnnx_models.MODELS[name], rule="frsf", num_classes=10)
+  assert shapes(bridge, x) == shapes(linen, x)
+  # The numbers on smaller twins (compile time): 12x12 inputs, one block per stage (ResNet-8).
+  if name == "mnist_net":
+    x = x[:, :12, :12]
+    nnx_cls = functools.partial(fnnx_models.MnistNet, input_shape=x.shape[1:])
+  else:
+    nnx_cls = functools.partial(fnnx_models.CifarResNet, num_blocks=1)
+    linen = fajax.models.CifarResNet(num_classes=10, num_blocks=1, rule="frsf")
+  bridge = fnnx.to_linen(nnx_cls, rule="frsf", num_classes=10)
+  assert shapes(bridge, x) == shapes(linen, x)
+  v = init(linen, x)
+
+  @jax.jit
+  def outputs(v):  # train mode: batch statistics are used and updated
+    return [fajax.apply(m, v, x, train=True, mutable=["batch_stats"]) for m in (linen, bridge)]
+
+  (out_linen, s_linen), (out_nnx, s_nnx) = outputs(v)
+  np.testing.assert_allclose(out_nnx, out_linen, rtol=1e-5, atol=1e-6)
+  assert jax.tree.structure(s_nnx) == jax.tree.structure(s_linen)
+  for a, b in zip(jax.tree.leaves(s_nnx), jax.tree.leaves(s_linen), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
