@@ -7,9 +7,10 @@ What is timed: the trainer's own jitted, donated train step (`fajax.train.build.
 .train_step`, one device) for the same config, once with the Linen zoo model
 (`fajax.models.get`) and once with its NNX twin (`fajax.nnx.models`), from the same state (the
 twins have the same variables, so one state serves both) on a fixed random batch on the device.
-Rounds alternate [Linen k steps, NNX k steps] so that machine drift hits both alike; the ratio of
-medians NNX / Linen is reported with quartiles, plus the op counts of both compiled programs (the
-Bridge builds the NNX model at trace time only, so the programs should match).
+Rounds alternate [Linen k steps, NNX k steps] / [NNX, Linen] so that machine drift and the place
+in the round hit both alike; the median of the per-round ratios NNX / Linen is reported with
+quartiles, plus op counts of both compiled programs and whether they are the same program once
+names and source metadata are removed (the Bridge builds the NNX model at trace time only).
 
 Writes benchmarks/results/nnx_step_time.{md,json} (or --out).
 """
@@ -74,6 +75,14 @@ def _ops(compiled) -> dict[str, int]:
   return {op: len(re.findall(rf"\b{op}\(", text)) for op in ("convolution", "dot", "fusion")}
 
 
+def _program(compiled) -> list[str]:
+  """The compiled HLO without names, source metadata and stack-frame tables."""
+  text = re.sub(r", metadata=\{[^}]*\}", "", compiled.as_text())
+  text = re.sub(r"%[\w.\-]+", "%x", text)
+  skip = re.compile(r"^\s*(FileNames|FunctionNames|FileLocations|StackFrames|\d+ )")
+  return [line for line in text.splitlines() if not skip.match(line)]
+
+
 def measure(model, rule, batch, rounds, steps, warmup):
   shape = nnx_models.INPUT_SHAPES[model]
   data = _Shapes(shape)
@@ -81,9 +90,7 @@ def measure(model, rule, batch, rounds, steps, warmup):
   devices = jax.devices()[:1]
   exps = {
     "linen": build_lib.build(config, dataset=data, devices=devices),
-    "nnx": build_lib.build(
-      config, model=nnx_models.MODELS[model], dataset=data, devices=devices
-    ),
+    "nnx": build_lib.build(config, model=nnx_models.MODELS[model], dataset=data, devices=devices),
   }
   state0 = exps["linen"].init(jax.random.PRNGKey(0))
   batch_ = {
@@ -101,8 +108,10 @@ def measure(model, rule, batch, rounds, steps, warmup):
     jax.block_until_ready(metrics)
     states[name] = state
   times = {name: [] for name in exps}
-  for _ in range(rounds):
-    for name in exps:  # interleaved: linen, nnx, linen, nnx, ...
+  for i in range(rounds):
+    # Interleaved, and in alternating order (linen, nnx, nnx, linen, ...): drift and the cost of
+    # running second cancel in the ratios.
+    for name in list(exps) if i % 2 == 0 else list(exps)[::-1]:
       state = states[name]
       start = time.perf_counter()
       for _ in range(steps):
@@ -123,6 +132,7 @@ def measure(model, rule, batch, rounds, steps, warmup):
     "ratio_q3": q[2],
     "ops_linen": ops["linen"],
     "ops_nnx": ops["nnx"],
+    "same_program": _program(compiled["linen"]) == _program(compiled["nnx"]),
   }
 
 
@@ -153,7 +163,7 @@ def main(argv=None):
       print(
         f"{model:10s} {rule:6s} linen {row['linen_ms']:8.2f} ms  nnx {row['nnx_ms']:8.2f} ms  "
         f"nnx/linen {row['ratio_median']:.3f} [{row['ratio_q1']:.3f}, {row['ratio_q3']:.3f}]  "
-        f"ops {row['ops_linen']} vs {row['ops_nnx']}",
+        f"ops {row['ops_linen']} vs {row['ops_nnx']}  same program: {row['same_program']}",
         flush=True,
       )
   with open(args.out + ".json", "w") as f:
@@ -163,14 +173,18 @@ def main(argv=None):
     "",
     *(f"- {k}: {v}" for k, v in header.items()),
     "",
-    "| model | rule | batch | Linen ms | NNX ms | NNX / Linen (median [q1, q3]) | ops Linen | ops NNX |",
-    "|---|---|---|---|---|---|---|---|",
+    "Same program: the two compiled HLO modules are equal once instruction names, source",
+    "metadata and stack-frame tables are removed.",
+    "",
+    "| model | rule | batch | Linen ms | NNX ms | NNX / Linen (median [q1, q3]) | ops Linen | "
+    "ops NNX | same program |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
     lines.append(
       f"| {r['model']} | {r['rule']} | {r['batch']} | {r['linen_ms']:.2f} | {r['nnx_ms']:.2f} | "
       f"{r['ratio_median']:.3f} [{r['ratio_q1']:.3f}, {r['ratio_q3']:.3f}] | {r['ops_linen']} | "
-      f"{r['ops_nnx']} |"
+      f"{r['ops_nnx']} | {r['same_program']} |"
     )
   with open(args.out + ".md", "w") as f:
     f.write("\n".join(lines) + "\n")

@@ -2,22 +2,20 @@
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
-
 import test_direct  # its hand-derived deltas (pytest puts tests/ on the path)
 import test_train
+from flax import nnx
 from test_train import compilation_cache  # noqa: F401 (autouse: resumed runs reuse compiles)
 
 import fajax
 import fajax.nnx as fnnx
-from fajax.nnx import models as fnnx_models
 from fajax import constraints, layers, rules
+from fajax.nnx import models as fnnx_models
 from fajax.train import build as build_lib
 from fajax.train import loop as loop_lib
 
