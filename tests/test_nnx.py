@@ -282,8 +282,9 @@ def test_trainer_on_an_nnx_model_kill_and_resume_is_bit_identical(tmp_path):
   )
 
 
-def test_trainer_diagnostics_on_an_nnx_model_equal_the_linen_models():
-  config = test_train.tiny_config(rule="brsf", num_steps=2, diagnostics_every=1)
+@pytest.mark.parametrize("rule", ["brsf", "dfa"])
+def test_trainer_diagnostics_on_an_nnx_model_equal_the_linen_models(rule):
+  config = test_train.tiny_config(rule=rule, num_steps=2, diagnostics_every=1)
   linen = build_lib.build(config, model=functools.partial(test_train.TinyNet, batch_norm=True))
   nnx_exp = build_lib.build(config, model=functools.partial(TinyNnx, batch_norm=True))
   state = linen.init(jax.random.PRNGKey(0))
@@ -294,7 +295,7 @@ def test_trainer_diagnostics_on_an_nnx_model_equal_the_linen_models():
   _, want = linen.diagnostics_step(state, batch)
   _, got = nnx_exp.diagnostics_step(copy, batch)
   angles = [k for k in want if k.startswith("align/")]
-  assert len(angles) == 10 and set(got) == set(want)
+  assert len(angles) == 10 and set(got) == set(want)  # 5 metrics x 2 layers
   for key in want:
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 

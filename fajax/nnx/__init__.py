@@ -8,6 +8,7 @@
 docs/nnx.md explains the design (one trainer: NNX models reach it through `Bridge`, a Linen face).
 """
 
+from fajax.nnx import models
 from fajax.nnx.bridge import Bridge, linen_variables, load_linen_variables, to_linen
 from fajax.nnx.convert import convert
 from fajax.nnx.layers import Conv, Feedback, Linear, apply
@@ -21,6 +22,7 @@ __all__ = [
   "apply",
   "convert",
   "linen_variables",
+  "models",
   "load_linen_variables",
   "to_linen",
   "update",

@@ -9,12 +9,14 @@ are re-ruled the same way, which is how a model built with fajax layers gets pat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
 from flax import nnx
 from jax import lax
 
+from fajax import layers as fajax_layers
 from fajax import rules as rules_lib
 from fajax.nnx import layers
 
@@ -145,6 +147,21 @@ def convert(
   return model
 
 
+@contextlib.contextmanager
+def _rules_as_they_are():
+  """Turns fajax.layers' trace-time flags off, e.g. when the Bridge builds a model while the
+  diagnostics trace under force_backprop (which would hide the taps that size D)."""
+  names = ("force_backprop", "capture_deltas", "capture_feedback")
+  saved = {name: getattr(fajax_layers._STATE, name, False) for name in names}
+  for name in names:
+    setattr(fajax_layers._STATE, name, False)
+  try:
+    yield
+  finally:
+    for name, value in saved.items():
+      setattr(fajax_layers._STATE, name, value)
+
+
 def build_direct_feedback(model, sample, rngs):
   """Runs one forward pass that creates the dfa / densefa matrices (their shapes need it)."""
   if sample is None:
@@ -162,7 +179,7 @@ def build_direct_feedback(model, sample, rngs):
     if isinstance(v, nnx.Variable) and not isinstance(v, layers.Feedback)
   ]
   call = layers._Call(model, initializing=True, init_rngs=rngs)
-  with layers.active(call), direct._inside_apply():
+  with layers.active(call), direct._inside_apply(), _rules_as_they_are():
     model(*args)
   for variable, value in saved:
     variable.set_value(value)
