@@ -79,6 +79,7 @@ def _program(compiled) -> list[str]:
   """The compiled HLO without names, source metadata and stack-frame tables."""
   text = re.sub(r", metadata=\{[^}]*\}", "", compiled.as_text())
   text = re.sub(r"%[\w.\-]+", "%x", text)
+  text = re.sub(r"\b([A-Za-z_][\w\-]*)\.\d+\b", r"\1", text)  # numbered names (parameters)
   skip = re.compile(r"^\s*(FileNames|FunctionNames|FileLocations|StackFrames|\d+ )")
   return [line for line in text.splitlines() if not skip.match(line)]
 

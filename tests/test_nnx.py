@@ -252,6 +252,17 @@ class TinyNnx(nnx.Module):
     return self.Dense_1(x).astype(jnp.float32)
 
 
+def test_an_nnx_instance_keeps_its_values_in_linen_and_the_original_is_untouched():
+  model = PlainNet(nnx.Rngs(0))
+  before = nnx.to_pure_dict(nnx.state(model))
+  bridge = fnnx.to_linen(model, rule="fa")
+  v = jax.jit(lambda x: bridge.init({"params": jax.random.key(5)}, x, train=False))(_net_input())
+  assert _trees_equal(v["params"], fnnx.linen_variables(model)["params"])
+  assert v["feedback"]["head"]["kernel"].shape == model.head.kernel.shape
+  assert isinstance(model.head, nnx.Linear) and not isinstance(model.head, fnnx.Linear)
+  assert _trees_equal(nnx.to_pure_dict(nnx.state(model)), before)
+
+
 @pytest.mark.parametrize("rule", ["brsf", "dfa"])
 def test_trainer_on_an_nnx_model_one_device_and_eight_give_the_same_losses(rule):
   losses = {}

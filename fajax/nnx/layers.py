@@ -252,6 +252,8 @@ def _build_feedback(layer, rule, rngs):
     rngs[rules_lib.FEEDBACK_RNG].fork() if isinstance(layer.rule, PER_STEP_RULES) else None
   )
   kernel = layer.kernel.get_value()
+  if getattr(layer, "mask", None) is not None:  # nnx.Conv masks the kernel before the primitive
+    kernel = kernel * layer.mask
   # Linen layers see the kernel after promote_dtype: the compute dtype.
   kernel = kernel.astype(layer.dtype or kernel.dtype)
   face = _Face(layer, _Call(initializing=True, init_rngs=rngs))
