@@ -7,10 +7,12 @@ What is timed: the trainer's own jitted, donated train step (`fajax.train.build.
 .train_step`, one device) for the same config, once with the Linen zoo model
 (`fajax.models.get`) and once with its NNX twin (`fajax.nnx.models`), from the same state (the
 twins have the same variables, so one state serves both) on a fixed random batch on the device.
-Rounds alternate [Linen k steps, NNX k steps] / [NNX, Linen] so that machine drift and the place
-in the round hit both alike; the median of the per-round ratios NNX / Linen is reported with
-quartiles, plus op counts of both compiled programs and whether they are the same program once
-names and source metadata are removed (the Bridge builds the NNX model at trace time only).
+Each round times k steps of the Linen step, the NNX step and the Linen step again (the control),
+in an order that rotates every round, so that machine drift and the place in the round hit all
+alike; the medians of the per-round ratios NNX / Linen and control / Linen (the noise floor) are
+reported with quartiles, plus op counts of both compiled programs and whether they are the same
+program once names and source metadata are removed (the Bridge builds the NNX model at trace
+time only).
 
 Writes benchmarks/results/nnx_step_time.{md,json} (or --out).
 """
@@ -89,30 +91,29 @@ def measure(model, rule, batch, rounds, steps, warmup):
   data = _Shapes(shape)
   config = _config(model, rule, batch)
   devices = jax.devices()[:1]
-  exps = {
-    "linen": build_lib.build(config, dataset=data, devices=devices),
-    "nnx": build_lib.build(config, model=nnx_models.MODELS[model], dataset=data, devices=devices),
-  }
-  state0 = exps["linen"].init(jax.random.PRNGKey(0))
+  linen = build_lib.build(config, dataset=data, devices=devices)
+  nnx_exp = build_lib.build(config, model=nnx_models.MODELS[model], dataset=data, devices=devices)
+  # "control" runs the Linen step again, as a third entry: Linen / Linen is the noise floor.
+  exps = {"linen": linen, "nnx": nnx_exp, "control": linen}
+  state0 = linen.init(jax.random.PRNGKey(0))
   batch_ = {
     "image": jax.random.normal(jax.random.key(1), (batch, *shape)),
     "label": jax.random.randint(jax.random.key(2), (batch,), 0, 10),
   }
-  batch_ = jax.device_put(batch_, exps["linen"].batch_sharding)
-  states, compiled, ops = {}, {}, {}
+  batch_ = jax.device_put(batch_, linen.batch_sharding)
+  states, compiled = {}, {}
   for name, exp in exps.items():
     state = jax.tree.map(jnp.copy, state0)
     compiled[name] = exp.train_step.lower(state, batch_).compile()
-    ops[name] = _ops(compiled[name])
     for _ in range(warmup):
       state, metrics = compiled[name](state, batch_)
     jax.block_until_ready(metrics)
     states[name] = state
-  times = {name: [] for name in exps}
+  names = list(exps)
+  times = {name: [] for name in names}
   for i in range(rounds):
-    # Interleaved, and in alternating order (linen, nnx, nnx, linen, ...): drift and the cost of
-    # running second cancel in the ratios.
-    for name in list(exps) if i % 2 == 0 else list(exps)[::-1]:
+    # Interleaved, the order rotating every round: drift and the place in the round cancel.
+    for name in names[i % 3 :] + names[: i % 3]:
       state = states[name]
       start = time.perf_counter()
       for _ in range(steps):
@@ -120,21 +121,21 @@ def measure(model, rule, batch, rounds, steps, warmup):
       jax.block_until_ready(metrics)
       times[name].append((time.perf_counter() - start) / steps)
       states[name] = state
-  ratios = [n / li for n, li in zip(times["nnx"], times["linen"], strict=True)]
-  q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-  return {
+  row = {
     "model": model,
     "rule": rule,
     "batch": batch,
     "linen_ms": 1e3 * statistics.median(times["linen"]),
     "nnx_ms": 1e3 * statistics.median(times["nnx"]),
-    "ratio_median": statistics.median(ratios),
-    "ratio_q1": q[0],
-    "ratio_q3": q[2],
-    "ops_linen": ops["linen"],
-    "ops_nnx": ops["nnx"],
+    "ops_linen": _ops(compiled["linen"]),
+    "ops_nnx": _ops(compiled["nnx"]),
     "same_program": _program(compiled["linen"]) == _program(compiled["nnx"]),
   }
+  for key, other in (("ratio", "nnx"), ("control", "control")):
+    ratios = [o / li for o, li in zip(times[other], times["linen"], strict=True)]
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    row.update({f"{key}_median": statistics.median(ratios), f"{key}_q1": q[0], f"{key}_q3": q[2]})
+  return row
 
 
 def main(argv=None):
@@ -164,6 +165,7 @@ def main(argv=None):
       print(
         f"{model:10s} {rule:6s} linen {row['linen_ms']:8.2f} ms  nnx {row['nnx_ms']:8.2f} ms  "
         f"nnx/linen {row['ratio_median']:.3f} [{row['ratio_q1']:.3f}, {row['ratio_q3']:.3f}]  "
+        f"control {row['control_median']:.3f} [{row['control_q1']:.3f}, {row['control_q3']:.3f}]  "
         f"ops {row['ops_linen']} vs {row['ops_nnx']}  same program: {row['same_program']}",
         flush=True,
       )
@@ -177,15 +179,19 @@ def main(argv=None):
     "Same program: the two compiled HLO modules are equal once instruction names, source",
     "metadata and stack-frame tables are removed.",
     "",
-    "| model | rule | batch | Linen ms | NNX ms | NNX / Linen (median [q1, q3]) | ops Linen | "
-    "ops NNX | same program |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "Control: the Linen step timed again as a third entry of every round (Linen / Linen: the",
+    "noise floor of this machine at the time).",
+    "",
+    "| model | rule | batch | Linen ms | NNX ms | NNX / Linen (median [q1, q3]) | "
+    "control (median [q1, q3]) | ops Linen | ops NNX | same program |",
+    "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
     lines.append(
       f"| {r['model']} | {r['rule']} | {r['batch']} | {r['linen_ms']:.2f} | {r['nnx_ms']:.2f} | "
-      f"{r['ratio_median']:.3f} [{r['ratio_q1']:.3f}, {r['ratio_q3']:.3f}] | {r['ops_linen']} | "
-      f"{r['ops_nnx']} | {r['same_program']} |"
+      f"{r['ratio_median']:.3f} [{r['ratio_q1']:.3f}, {r['ratio_q3']:.3f}] | "
+      f"{r['control_median']:.3f} [{r['control_q1']:.3f}, {r['control_q3']:.3f}] | "
+      f"{r['ops_linen']} | {r['ops_nnx']} | {r['same_program']} |"
     )
   with open(args.out + ".md", "w") as f:
     f.write("\n".join(lines) + "\n")
