@@ -61,7 +61,7 @@ def _linen_and_nnx_layer(kind, rule):
 def test_layer_gradients_equal_the_linen_layer_bit_for_bit(kind, spec):
   rule = rules.get(spec[0], **spec[1])
   x, linen, variables, nnx_layer = _linen_and_nnx_layer(kind, rule)
-  # The same stored B (fa, kp, frsf, usf init/std, densefa's B)...
+  # The same stored B (fa, kp, frsf's |R_0|, usf's init/std scale)...
   assert _trees_equal(fnnx.linen_variables(nnx_layer), variables)
   rngs = {"feedback": jax.random.key(9)}  # ...and the same per-step B (brsf, bp_noise).
   shape = jax.eval_shape(lambda: fajax.apply(linen, variables, x, rngs=rngs)).shape
