@@ -74,7 +74,7 @@ def test_layer_gradients_equal_the_linen_layer_bit_for_bit(kind, spec):
   graphdef, params, rest = nnx.split(nnx_layer, nnx.Param, ...)
 
   def nnx_loss(params, x):
-    out = fnnx.apply(nnx.merge(graphdef, params, rest), x, rngs=rngs)
+    out = fnnx.apply(nnx.merge(graphdef, params, rest), x, keys=rngs)
     return jnp.sum(out * target)
 
   want = jax.grad(linen_loss, argnums=(0, 1))(variables["params"], x)

@@ -18,7 +18,7 @@ Where things live:
   A layer called outside of one gets a throwaway `_Call` of its own.
 
 Per-step randomness (brsf, bp_noise): given a key for the stream "feedback" (`apply(...,
-rngs={"feedback": key})`, or the trainer through `fajax.nnx.Bridge`), a layer at path p draws
+keys={"feedback": key})`, or the trainer through `fajax.nnx.Bridge`), a layer at path p draws
 exactly the key a Linen layer at path p draws, so an NNX model and its Linen twin see the same B.
 Without one, the layer draws from its own `nnx.RngStream` (forked at construction, the way
 `nnx.Dropout` does), which advances on every call.
@@ -217,7 +217,7 @@ class _Face:
       return self.layer.feedback_rngs()
     raise ValueError(
       f"Layer '{'/'.join(self.path)}' needs a key for the rng stream {name!r}: build it with "
-      "rngs=nnx.Rngs(...) or call fajax.nnx.apply(model, x, rngs={name: key})."
+      "rngs=nnx.Rngs(...) or call fajax.nnx.apply(model, x, keys={name: key})."
     )
 
   # --- collections of the call (captured B, dfa taps, deltas)
@@ -359,14 +359,16 @@ class Conv(nnx.Conv):
     return _run(self, super().__call__, inputs, out_sharding=out_sharding)
 
 
-def apply(model, *args, rngs=None, **kwargs):
+def apply(model, *args, keys=None, **kwargs):
   """`model(*args, **kwargs)` as one fajax forward pass; returns what the model returns.
 
   Needed for dfa (its output error reaches the layers through it) and densefa (its layers share
-  one pass), and to draw per-step feedback from `rngs={"feedback": key}` the way the Linen
-  layers do. For other rules `model(x)` is the same computation.
+  one pass). `keys` ({stream: key}, e.g. {"feedback": fold_in(key, step)}) makes per-step rules
+  (brsf, bp_noise) draw the keys the Linen layers draw, the way `fajax.apply(..., rngs=...)` does;
+  it is not `rngs` so that a model's own `rngs` argument passes through untouched. For other
+  rules `model(x)` is the same computation.
   """
-  call = _Call(model, rngs=rngs, mutable=lambda col: col == direct.ERRORS)
+  call = _Call(model, rngs=keys, mutable=lambda col: col == direct.ERRORS)
   with active(call), direct._inside_apply():
     out = model(*args, **kwargs)
   taps = direct._sown_taps(call.collection(direct.ERRORS))
