@@ -15,7 +15,7 @@ from fajax.layers import Conv, Dense, convert
 
 __version__ = "0.1.0"
 
-_LAZY = ("train", "diagnostics", "plotting", "report", "table")
+_LAZY = ("train", "diagnostics", "plotting", "report", "table", "nnx")
 
 
 def __getattr__(name):
@@ -35,6 +35,7 @@ __all__ = [
   "direct",
   "layers",
   "models",
+  "nnx",
   "plotting",
   "primitives",
   "report",

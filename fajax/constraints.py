@@ -24,6 +24,9 @@ from fajax import rules as rules_lib
 
 
 def _is_kernel_path(path) -> bool:
+  # In NNX states (nnx.Optimizer) a leaf's path ends with the Variable's `.value`: skip it.
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+    path = path[:-1]
   last = path[-1] if path else None
   key = getattr(last, "key", getattr(last, "name", None))
   return key == "kernel"

@@ -69,7 +69,11 @@ def make_rule(config) -> rules_lib.Rule:
 
 
 def make_model(config, info, rule, model=None) -> nn.Module:
-  """The registry model (fajax.models.get), or `model` (a Module, or a factory like models.get)."""
+  """The registry model (fajax.models.get), or `model` (a Module, or a factory like models.get).
+
+  An NNX model (class, partial of one, or instance) is wrapped by `fajax.nnx.to_linen`: the class
+  is built with the same keyword arguments (minus `rule`) and converted to the rule.
+  """
   kwargs = dict(num_classes=info.num_classes, rule=rule, dtype=DTYPES[config.dtype])
   kwargs.update(dict(config.model_options))
   if model is None:
@@ -78,6 +82,10 @@ def make_model(config, info, rule, model=None) -> nn.Module:
     return models.get(config.model, **kwargs)
   if isinstance(model, nn.Module):
     return model
+  from fajax.nnx import bridge  # An NNX model reaches the trainer through its Linen face.
+
+  if bridge.is_nnx(model):
+    return bridge.to_linen(model, **kwargs)
   return model(**kwargs)
 
 
