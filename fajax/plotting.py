@@ -105,10 +105,13 @@ def _save(plt, fig, axes, path, title):
     fig.suptitle(title)
   rows = len({round(ax.get_position().y0, 3) for ax in axes})
   fig.tight_layout(rect=(0, 0.1 / rows if handles else 0, 1, 1))
+  from fajax.train import paths  # A local file or a gs:// object alike.
+
   path = os.fspath(path)
   if os.path.dirname(path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=110)
+    paths.makedirs(os.path.dirname(path))
+  with paths.open(path, "wb") as f:
+    fig.savefig(f, dpi=110, format=os.path.splitext(path)[1][1:] or "png")
   plt.close(fig)
   return path
 

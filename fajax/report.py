@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 
 import numpy as np
 
 from fajax import table
+from fajax.train import paths
 
 EXPERIMENT_FILE = "experiment.json"
 METRICS_FILE = "metrics.jsonl"
@@ -20,20 +20,19 @@ METRICS_FILE = "metrics.jsonl"
 
 def read_metrics(run_dir: str) -> list[dict]:
   """The records of `<run_dir>/metrics.jsonl` (an empty list if there are none)."""
-  path = os.path.join(run_dir, METRICS_FILE)
-  if not os.path.exists(path):
+  path = paths.join(run_dir, METRICS_FILE)
+  if not paths.exists(path):
     return []
-  with open(path) as f:
+  with paths.open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
 def read_run(run_dir: str) -> dict | None:
   """{column, row, seed, error (%), steps, records} of a finished run, None if it has no result."""
-  meta_path = os.path.join(run_dir, EXPERIMENT_FILE)
-  if not os.path.exists(meta_path):
+  meta_path = paths.join(run_dir, EXPERIMENT_FILE)
+  if not paths.exists(meta_path):
     return None
-  with open(meta_path) as f:
-    meta = json.load(f)
+  meta = json.loads(paths.read_text(meta_path))
   records = read_metrics(run_dir)
   evals = [r for r in records if r.get("split") == "test" and "top1_error" in r]
   if not evals:
@@ -46,9 +45,9 @@ def find_runs(paths) -> list[dict]:
   """Every finished run in `paths` (run directories, or folders holding them)."""
   runs = []
   for path in paths:
-    candidates = [path] + sorted(
-      os.path.join(path, d) for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))
-    )
+    candidates = [path] + [
+      paths.join(path, d) for d in paths.listdir(path) if paths.isdir(paths.join(path, d))
+    ]
     for candidate in candidates:
       run = read_run(candidate)
       if run is not None:
@@ -123,7 +122,8 @@ def plot_error_curves(runs: list[dict], path: str) -> str:
     ax.set_ylabel("test top-1 error (%)")
     ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with paths.open(path, "wb") as f:  # A local file or a gs:// object alike.
+    fig.savefig(f, dpi=100, format="png")
   plt.close(fig)
   return path
 
@@ -139,10 +139,10 @@ def write_report(paths, out_dir: str) -> str:
       f"No finished runs (experiment.json with test metrics) under {list(paths)}; "
       "run launch/sweep.py first or point the report at its workdir."
     )
-  os.makedirs(out_dir, exist_ok=True)
+  paths.makedirs(out_dir)
   text = markdown_table(runs)
   body = "# Results\n\n" + text + "\n![test error](errors.png)\n"
-  plot_error_curves(runs, os.path.join(out_dir, "errors.png"))
+  plot_error_curves(runs, paths.join(out_dir, "errors.png"))
   with_alignment = {
     f"{run['column']}/{run['row']}/seed{run['seed']}": run["records"]
     for run in runs
@@ -151,8 +151,7 @@ def write_report(paths, out_dir: str) -> str:
   if with_alignment:
     from fajax import plotting
 
-    plotting.plot_alignment_runs(with_alignment, os.path.join(out_dir, "alignment.png"))
+    plotting.plot_alignment_runs(with_alignment, paths.join(out_dir, "alignment.png"))
     body += "\n![alignment angles](alignment.png)\n"
-  with open(os.path.join(out_dir, "report.md"), "w") as f:
-    f.write(body)
+  paths.write_text(paths.join(out_dir, "report.md"), body)
   return text

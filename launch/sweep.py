@@ -23,7 +23,10 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import jax  # noqa: E402
+
 from fajax import report, table  # noqa: E402
+from fajax.train import Preempted, distributed, paths, preemption, train_and_evaluate  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].")
 flags.DEFINE_string("workdir", None, "Folder holding one run directory per sweep point.")
@@ -71,7 +74,7 @@ def main(argv):
   run_dirs = []
   for i, point in enumerate(points):
     name = table.point_name(point)
-    run_dir = os.path.join(FLAGS.workdir, name)
+    run_dir = paths.join(FLAGS.workdir, name)
     run_dirs.append(run_dir)
     config_arg = ",".join([point["row"], *sorted(modifiers)])
     point_overrides = {k: v for k, v in point.items() if k != "row"}
@@ -85,13 +88,15 @@ def main(argv):
       command += _override_flags({**point_overrides, **overrides})
       print(shlex.join(command))
       continue
-    if os.path.exists(os.path.join(run_dir, DONE_FILE)):
+    if paths.exists(paths.join(run_dir, DONE_FILE)):
       print(f"[{i + 1}/{len(points)}] {name}: done, skipped")
       continue
     print(f"[{i + 1}/{len(points)}] {name}: {table.label(point['row'])}", flush=True)
     config = module.get_config(config_arg)
     config.update_from_flattened_dict({**point_overrides, **overrides})
-    os.makedirs(run_dir, exist_ok=True)
+    if config.distributed:  # Before the first file is written: only process 0 writes them.
+      distributed.initialize()
+    primary = jax.process_index() == 0
     meta = {
       "column": module.COLUMN,
       "row": point["row"],
@@ -99,16 +104,18 @@ def main(argv):
       "dataset": config.dataset,
       "config": f"{path}:{config_arg}",
     }
-    with open(os.path.join(run_dir, report.EXPERIMENT_FILE), "w") as f:
-      json.dump(meta, f, indent=2)
-    from fajax.train import train_and_evaluate
-
-    train_and_evaluate(config, run_dir)
-    with open(os.path.join(run_dir, DONE_FILE), "w") as f:
-      json.dump({"point": point}, f)
-  if FLAGS.report and not FLAGS.emit_commands:
+    if primary:
+      paths.makedirs(run_dir)
+      paths.write_text(paths.join(run_dir, report.EXPERIMENT_FILE), json.dumps(meta, indent=2))
+    try:
+      train_and_evaluate(config, run_dir)
+    except Preempted:  # The loop saved the step and logged where; a rerun resumes this point.
+      sys.exit(preemption.EXIT_CODE)
+    if primary:
+      paths.write_text(paths.join(run_dir, DONE_FILE), json.dumps({"point": point}))
+  if FLAGS.report and not FLAGS.emit_commands and jax.process_index() == 0:
     print(report.write_report(run_dirs, FLAGS.workdir))
-    print(f"Report with plots: {os.path.join(FLAGS.workdir, 'report.md')}")
+    print(f"Report with plots: {paths.join(FLAGS.workdir, 'report.md')}")
 
 
 if __name__ == "__main__":

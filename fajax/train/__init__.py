@@ -8,17 +8,20 @@ Modules, one job each: config (fields, defaults, validation), state (TrainState)
 chain), mesh (device mesh and shardings), step (pure train/eval steps and their jit), build
 (config -> model, optimizer, mesh, jitted steps), checkpoint (orbax), metrics (jsonl,
 TensorBoard, progress bar), loop (train_and_evaluate), dry_run (compile-only memory and FLOPs
-report). Importing this package does not import orbax or TensorBoard; they load when a run starts.
-See docs/training.md.
+report), paths (local and gs:// workdirs), distributed (joining a multi-process run), preemption
+(SIGTERM/SIGINT: save and stop). Importing this package does not import orbax or TensorBoard;
+they load when a run starts. See docs/training.md.
 """
 
 from fajax.train.config import default_config, validate
 from fajax.train.dry_run import dry_run, format_report
 from fajax.train.loop import NonFiniteLossError, evaluate, train_and_evaluate
+from fajax.train.preemption import Preempted
 from fajax.train.state import TrainState
 
 __all__ = [
   "NonFiniteLossError",
+  "Preempted",
   "TrainState",
   "default_config",
   "dry_run",
