@@ -6,7 +6,9 @@ The variables in `env` point every client at the emulator:
 - STORAGE_EMULATOR_HOST: gcsfs, which etils.epath uses for gs:// (metrics, run files, events);
 - TENSORSTORE_GCS_HTTP_URL: tensorstore, orbax's array writer (checkpoints);
 - EPATH_USE_TF=false: with TensorFlow installed epath would use TF's gfile for gs://, which has
-  no endpoint override and goes to the real service.
+  no endpoint override and goes to the real service;
+- GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false: recent gcsfs otherwise asks a gRPC control-plane API
+  (which the emulator lacks) for each bucket's layout and waits 60 s for it to time out.
 
 The emulator's media downloads lack the `x-goog-generation` header that real GCS sends; orbax's
 OCDBT format reads it back when a second write reaches an existing manifest (tensorstore then
@@ -64,5 +66,10 @@ def start():
   server = create_server("localhost", port, in_memory=True, default_bucket=BUCKET)
   server.start()
   url = f"http://localhost:{port}"
-  env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "EPATH_USE_TF": "false"}
+  env = {
+    "STORAGE_EMULATOR_HOST": url,
+    "TENSORSTORE_GCS_HTTP_URL": url,
+    "EPATH_USE_TF": "false",
+    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+  }
   return server, env

@@ -304,11 +304,11 @@ def test_a_gs_workdir_trains_stops_and_resumes_against_a_gcs_emulator(tmp_path, 
   pytest.importorskip("gcsfs")
   pytest.importorskip("gcp_storage_emulator")
   import gcs_emulator
-  import gcsfs
+  from gcsfs.core import GCSFileSystem  # The plain client (see gcs_emulator's docstring).
 
   server, variables = gcs_emulator.start()
   try:
-    fs = gcsfs.GCSFileSystem(
+    fs = GCSFileSystem(
       endpoint_url=variables["STORAGE_EMULATOR_HOST"], token="anon", skip_instance_cache=True
     )
     run = f"{gcs_emulator.BUCKET}/run"
