@@ -18,10 +18,11 @@
 # host, e.g. srun --ntasks-per-node=1) set none of them: JAX reads the allocation; pass
 # --config.distributed=True yourself.
 #
-# Preemption: on SIGTERM (SLURM's time limit or preemption; ask for it early with
-# sbatch --signal=TERM@120) or SIGINT the trainer finishes the current step, saves it and exits
+# Preemption: on SIGTERM or SIGINT the trainer finishes the current step, saves it and exits
 # with status 75. Inside a SLURM job this script then requeues the job (scontrol requeue), whose
 # rerun resumes from that checkpoint; elsewhere it exits with 75: run the same command again.
+# SLURM: sbatch --requeue --signal=TERM@120 (SIGTERM 2 minutes before the time limit, to the job
+# steps) with `srun bash launch/gpu_host.sh run ...` in the batch script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XLA_PYTHON_CLIENT_PREALLOCATE="${XLA_PYTHON_CLIENT_PREALLOCATE:-true}"
@@ -32,9 +33,12 @@ if [[ -n "${JAX_COORDINATOR_ADDRESS:-}${JAX_NUM_PROCESSES:-}${JAX_PROCESS_ID:-}"
   distributed=(--config.distributed=True)
 fi
 
-# Runs "$@"; on the preemption status requeues the SLURM job, if any, and exits with it.
+# Runs "$@"; on the preemption status requeues the SLURM job, if any; exits with the status.
+# This shell ignores SIGTERM, so that it outlives the trainer (which sets its own handler while
+# training) and sees the status.
 requeue_on_preemption() {
   local status=0
+  trap '' TERM
   "$@" || status=$?
   if [[ $status -eq $PREEMPTED && -n "${SLURM_JOB_ID:-}" && "${SLURM_PROCID:-0}" == 0 ]]; then
     echo "gpu_host.sh: preempted; requeueing SLURM job $SLURM_JOB_ID." >&2

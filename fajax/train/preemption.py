@@ -5,8 +5,9 @@ A preempted Cloud TPU VM, a SLURM job at its time limit and Ctrl-C all send a si
 it after every step, finishes that step, waits for any async save in flight, saves the step
 synchronously, logs one line saying where it stopped and raises `Preempted`. The launchers then
 exit with EXIT_CODE so that a scheduler (or launch/*.sh) runs the same command again, which
-resumes from that checkpoint: no completed step is lost. A second signal while the run is
-stopping ends the process at once (the signal's default action).
+resumes from that checkpoint: no completed step is lost. A second SIGINT while the run is
+stopping ends the process at once (Ctrl-C twice); repeated SIGTERMs change nothing (a scheduler
+may send several, and a launch script may forward one the trainer also got).
 
 EXIT_CODE is 75, EX_TEMPFAIL of sysexits.h ("temporary failure; try again later"): distinct from
 0 (done), 1 (errors) and the 128 + N of a process killed by signal N (143 for SIGTERM), so a
@@ -76,9 +77,10 @@ class Watcher:
 
   def _handle(self, signum, frame):
     del frame
-    if self.signal is not None:  # A second signal: stop waiting, let it act as it would.
-      self.stop()
-      signal.raise_signal(signum)
+    if self.signal is not None:
+      if signum == signal.SIGINT:  # Ctrl-C twice: stop waiting, let it act as it would.
+        self.stop()
+        signal.raise_signal(signum)
       return
     self.signal = signal.Signals(signum).name
     if self._synced:
