@@ -348,3 +348,36 @@ def test_a_gs_workdir_trains_stops_and_resumes_against_a_gcs_emulator(tmp_path, 
   assert [{k: v for k, v in r.items() if k not in drop} for r in records] == _records(
     tmp_path / "local"
   )
+
+
+def test_the_path_layer_does_the_same_on_a_local_folder_and_on_gs(tmp_path):
+  pytest.importorskip("gcsfs")
+  pytest.importorskip("gcp_storage_emulator")
+  import gcs_emulator
+
+  server, variables = gcs_emulator.start()
+  try:
+    result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "tests", "paths_check.py"), str(tmp_path), "gs://bkt/p"],
+      env=dict(os.environ, **variables),
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+  finally:
+    server.stop()
+  assert result.returncode == 0, result.stderr[-3000:]
+  local, remote = json.loads(result.stdout)
+  assert (
+    local
+    == remote
+    == {
+      "listdir": ["a.txt", "log"],
+      "a.txt": "two",
+      "log": "x\ny\nz\n",
+      "moved": "b",
+      "moved is a folder": True,
+      "source gone": True,
+      "events": "e1e2",
+    }
+  )

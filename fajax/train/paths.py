@@ -96,11 +96,13 @@ def move(source, target) -> None:
   if not source.is_dir():
     source.rename(target)
     return
-  for path in source.rglob("*"):
-    if not path.is_dir():
-      destination = target / path.relative_to(source)
+  prefix = str(source).split("://", 1)[-1]
+  for folder, _, files in source.walk():  # epath refuses recursive globs on GCS.
+    relative = str(folder).split("://", 1)[-1][len(prefix) :].strip("/")  # walk drops gs://.
+    for name in files:
+      destination = target / relative / name
       destination.parent.mkdir(parents=True, exist_ok=True)
-      path.copy(destination, overwrite=True)
+      (source / relative / name).copy(destination, overwrite=True)
   source.rmtree()
 
 
@@ -148,6 +150,7 @@ class LocalMirror:
     self.path = os.fspath(path)
     self._remote = not is_local(path)
     self.local = tempfile.mkdtemp(prefix="fajax-mirror-") if self._remote else self.path
+    os.makedirs(self.local, exist_ok=True)
     self._sizes: dict[str, int] = {}
 
   def sync(self) -> None:
