@@ -381,3 +381,26 @@ def test_the_path_layer_does_the_same_on_a_local_folder_and_on_gs(tmp_path):
       "events": "e1e2",
     }
   )
+
+
+def test_distributed_settings_come_from_arguments_then_environment(monkeypatch):
+  from fajax.train import distributed
+
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+  monkeypatch.setenv("JAX_PROCESS_ID", "3")
+  assert distributed.settings() == {
+    "coordinator_address": "10.0.0.1:1234",
+    "num_processes": 4,
+    "process_id": 3,
+  }
+  assert distributed.settings("host0:99", process_id=1)["coordinator_address"] == "host0:99"
+  assert distributed.settings("host0:99", process_id=1)["process_id"] == 1
+  with pytest.raises(ValueError, match="The process id is 4; with 4 processes use 0 to 3."):
+    distributed.settings(process_id=4)
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES = 'two' is not valid; use an integer."):
+    distributed.settings()
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    monkeypatch.delenv(name)
+  assert distributed.settings() == {}  # Left to JAX's cluster detection.

@@ -59,4 +59,15 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None) ->
   kwargs = settings(coordinator_address, num_processes, process_id)
   if jax.config.jax_cpu_collectives_implementation in (None, "none"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(**kwargs)
+  try:
+    jax.distributed.initialize(**kwargs)
+  except ValueError as e:  # JAX found no cluster to fill in what is missing.
+    if "defined" not in str(e):
+      raise
+    reason = str(e).rstrip(".")
+    raise ValueError(
+      f"config.distributed is True but JAX cannot tell how to join the run ({reason}); pass "
+      "--coordinator_address, --num_processes and --process_id (or set JAX_COORDINATOR_ADDRESS, "
+      "JAX_NUM_PROCESSES and JAX_PROCESS_ID), or run under Cloud TPU, SLURM, Open MPI or "
+      "Kubernetes."
+    ) from None
