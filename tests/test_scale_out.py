@@ -75,8 +75,8 @@ def _last_step(workdir) -> int:
   return json.loads(lines[-1])["step"] if lines else 0
 
 
-def _wait_until(condition, procs, timeout=300):
-  """Polls `condition` every 2 ms; fails with the logs if a process ends first."""
+def _wait_until(condition, procs, timeout=300, every=0.002):
+  """Polls `condition` every `every` s; fails with the logs if a process ends first."""
   deadline = time.monotonic() + timeout
   while not condition():
     for proc in procs:
@@ -84,7 +84,7 @@ def _wait_until(condition, procs, timeout=300):
         out, err = proc.communicate()
         pytest.fail(f"the run ended (rc {proc.returncode}) before the signal:\n{err[-3000:]}")
     assert time.monotonic() < deadline, "the run made no progress"
-    time.sleep(0.002)
+    time.sleep(every)
 
 
 def _steps(checkpoints) -> list[int]:
@@ -323,7 +323,7 @@ def test_a_gs_workdir_trains_stops_and_resumes_against_a_gcs_emulator(tmp_path, 
     num_steps, env = 12, _env(cache_dir, **variables)
     command = _main(f"gs://{run}", num_steps, eval_every=num_steps)
     proc = _start(command, env)
-    _wait_until(lambda: last_step() >= 5, [proc])
+    _wait_until(lambda: last_step() >= 5, [proc], every=0.05)  # The emulator serves one at a time.
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == preemption.EXIT_CODE, stderr[-3000:]
