@@ -12,7 +12,7 @@ import json
 import numpy as np
 
 from fajax import table
-from fajax.train import paths
+from fajax.train import paths as paths_lib
 
 EXPERIMENT_FILE = "experiment.json"
 METRICS_FILE = "metrics.jsonl"
@@ -20,19 +20,19 @@ METRICS_FILE = "metrics.jsonl"
 
 def read_metrics(run_dir: str) -> list[dict]:
   """The records of `<run_dir>/metrics.jsonl` (an empty list if there are none)."""
-  path = paths.join(run_dir, METRICS_FILE)
-  if not paths.exists(path):
+  path = paths_lib.join(run_dir, METRICS_FILE)
+  if not paths_lib.exists(path):
     return []
-  with paths.open(path) as f:
+  with paths_lib.open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
 def read_run(run_dir: str) -> dict | None:
   """{column, row, seed, error (%), steps, records} of a finished run, None if it has no result."""
-  meta_path = paths.join(run_dir, EXPERIMENT_FILE)
-  if not paths.exists(meta_path):
+  meta_path = paths_lib.join(run_dir, EXPERIMENT_FILE)
+  if not paths_lib.exists(meta_path):
     return None
-  meta = json.loads(paths.read_text(meta_path))
+  meta = json.loads(paths_lib.read_text(meta_path))
   records = read_metrics(run_dir)
   evals = [r for r in records if r.get("split") == "test" and "top1_error" in r]
   if not evals:
@@ -46,7 +46,9 @@ def find_runs(paths) -> list[dict]:
   runs = []
   for path in paths:
     candidates = [path] + [
-      paths.join(path, d) for d in paths.listdir(path) if paths.isdir(paths.join(path, d))
+      paths_lib.join(path, d)
+      for d in paths_lib.listdir(path)
+      if paths_lib.isdir(paths_lib.join(path, d))
     ]
     for candidate in candidates:
       run = read_run(candidate)
@@ -122,7 +124,7 @@ def plot_error_curves(runs: list[dict], path: str) -> str:
     ax.set_ylabel("test top-1 error (%)")
     ax.legend(fontsize=7)
   fig.tight_layout()
-  with paths.open(path, "wb") as f:  # A local file or a gs:// object alike.
+  with paths_lib.open(path, "wb") as f:  # A local file or a gs:// object alike.
     fig.savefig(f, dpi=100, format="png")
   plt.close(fig)
   return path
@@ -139,10 +141,10 @@ def write_report(paths, out_dir: str) -> str:
       f"No finished runs (experiment.json with test metrics) under {list(paths)}; "
       "run launch/sweep.py first or point the report at its workdir."
     )
-  paths.makedirs(out_dir)
+  paths_lib.makedirs(out_dir)
   text = markdown_table(runs)
   body = "# Results\n\n" + text + "\n![test error](errors.png)\n"
-  plot_error_curves(runs, paths.join(out_dir, "errors.png"))
+  plot_error_curves(runs, paths_lib.join(out_dir, "errors.png"))
   with_alignment = {
     f"{run['column']}/{run['row']}/seed{run['seed']}": run["records"]
     for run in runs
@@ -151,7 +153,7 @@ def write_report(paths, out_dir: str) -> str:
   if with_alignment:
     from fajax import plotting
 
-    plotting.plot_alignment_runs(with_alignment, paths.join(out_dir, "alignment.png"))
+    plotting.plot_alignment_runs(with_alignment, paths_lib.join(out_dir, "alignment.png"))
     body += "\n![alignment angles](alignment.png)\n"
-  paths.write_text(paths.join(out_dir, "report.md"), body)
+  paths_lib.write_text(paths_lib.join(out_dir, "report.md"), body)
   return text

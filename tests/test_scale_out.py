@@ -163,7 +163,11 @@ def test_signals_at_random_moments_lose_no_step_and_resume_bit_identical(tmp_pat
       assert f"Resumed from step {start} " in stderr
     assert done <= stopped < num_steps  # No completed step is lost.
     assert _steps(workdir / "checkpoints")[-1] == stopped
-    waited += "waiting for the checkpoint save in flight" in stderr
+    in_flight = "waiting for the checkpoint save in flight" in stderr
+    print(
+      f"{signum.name} after step {done} was logged: stopped at {stopped}, in flight: {in_flight}"
+    )
+    waited += in_flight
     start = stopped
   assert waited >= 1  # At least one signal came during an async save.
 
