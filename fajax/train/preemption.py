@@ -42,9 +42,7 @@ class Preempted(Exception):  # noqa: N818 (an event, not an error)
 
 def _synced() -> bool:
   """True when JAX's preemption sync manager decides the step (a jax.distributed run)."""
-  from jax._src import distributed as jax_distributed  # Its global state has no public getter.
-
-  return jax_distributed.global_state.preemption_sync_manager is not None
+  return jax.distributed.is_initialized() and jax.config.jax_enable_preemption_service
 
 
 class Watcher:
