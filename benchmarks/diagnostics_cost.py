@@ -205,7 +205,7 @@ def main():
     plotting.plot_alignment_runs(
       runs,
       args.png,
-      title=f"MNIST net on mnist5k: update (solid) and delta (dashed) angle to backprop, "
+      title=f"MNIST net on mnist5k: update and delta angle to backprop, "
       f"SGD lr {args.lr}, batch {args.batch_size}",
     )
     wb_png = args.png.replace(".png", "_wb.png")
@@ -213,8 +213,7 @@ def main():
       runs,
       wb_png,
       title="MNIST net on mnist5k: angle between W and B",
-      metric="wb_angle",
-      delta=False,
+      metrics=("wb_angle",),
     )
     layers = plotting.layers(runs["fa"])
     lines += [

@@ -58,16 +58,25 @@ def find_runs(paths) -> list[dict]:
   return runs
 
 
-def _cell(values: list[float]) -> str:
+def _mean_std(values: list[float]) -> str:
   if not values:
     return "not run"
   if len(values) == 1:
     return f"{values[0]:.1f}"
-  return f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f} (n={len(values)})"
+  return f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}"
+
+
+FOOTNOTE = (
+  "Top-1 test error, %. Ours: one run per seed, mean ± sample std where n > 1 (n: seeds). "
+  "Reference: the paper's number (Moskovitz, Litwin-Kumar & Abbott 2018, full datasets); "
+  "marked (BioTorch) where the paper has no such row and the number is BioTorch's "
+  "(Sanfiz & Akrout 2021); - where neither reports one."
+)
 
 
 def markdown_table(runs: list[dict]) -> str:
-  """Our error (mean ± std over seeds) per row and column, next to the paper's and BioTorch's."""
+  """Our error (mean ± std over seeds, with n) per row and column, next to the paper's and
+  BioTorch's numbers."""
   errors = collections.defaultdict(list)
   for run in runs:
     errors[(run["row"], run["column"])].append(run["error"])
@@ -77,10 +86,10 @@ def markdown_table(runs: list[dict]) -> str:
     for c in columns
   }
   rows = [r for r in table.ROWS if any((r, c) in errors for c in columns)]
-  header = (
-    "| method | " + " | ".join(f"{c}: ours on {datasets[c]} | {c}: paper " for c in columns) + "|"
+  header = "| method | " + " | ".join(
+    f"{c}: ours on {datasets[c]} | n | {c}: reference" for c in columns
   )
-  lines = [header, "|---|" + "---|---|" * len(columns)]
+  lines = [header + " |", "|---|" + "---|---:|---|" * len(columns)]
   for row in rows:
     cells = []
     for column in columns:
@@ -88,9 +97,10 @@ def markdown_table(runs: list[dict]) -> str:
       if reference is None:
         reference = table.BIOTORCH.get(column, {}).get(row)
         reference = "-" if reference is None else f"{reference} (BioTorch)"
-      cells.append(f"{_cell(errors.get((row, column), []))} | {reference}")
+      ours = errors.get((row, column), [])
+      cells.append(f"{_mean_std(ours)} | {len(ours)} | {reference}")
     lines.append(f"| {table.label(row)} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n\nTop-1 error, %. Ours: mean ± std over seeds where n > 1.\n"
+  return "\n".join(lines) + "\n\n" + FOOTNOTE + "\n"
 
 
 def _curve(records, split):
@@ -102,36 +112,116 @@ def _curve(records, split):
   return [p[0] for p in points], [p[1] for p in points]
 
 
-def plot_error_curves(runs: list[dict], path: str) -> str:
-  """Test top-1 error against step, one line per run, one panel per column (matplotlib PNG)."""
-  import matplotlib
+def by_row(runs: list[dict], column: str | None = None) -> dict[str, list[dict]]:
+  """{row: [its runs, one per seed]} in the table's row order (of one column, or all)."""
+  grouped = collections.defaultdict(list)
+  for run in runs:
+    if column is None or run["column"] == column:
+      grouped[run["row"]].append(run)
+  return {row: grouped[row] for row in table.ROWS if row in grouped}
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
 
+def row_colors(runs: list[dict]) -> dict[str, str]:
+  """One colour per table row, fixed by the row's place in the table (same in every figure)."""
+  from fajax import plotting
+
+  return plotting.color_map(list(by_row(runs)), order=list(table.ROWS))
+
+
+def plot_error_curves(runs: list[dict], path: str, colors=None) -> str:
+  """Test top-1 error against step: a panel per column, a line per row (mean over seeds, ±1 std
+  band), the row colours of `row_colors`."""
+  from fajax import plotting
+
+  colors = colors or row_colors(runs)
   columns = sorted({run["column"] for run in runs})
-  fig, axes = plt.subplots(1, len(columns), figsize=(7 * len(columns), 4.5), squeeze=False)
+  plt, fig, axes = plotting.new_figure(1, len(columns), width=5.5, height=4.0)
   for ax, column in zip(axes[0], columns, strict=True):
-    ordered = sorted(
-      (r for r in runs if r["column"] == column), key=lambda r: list(table.ROWS).index(r["row"])
-    )
-    for i, run in enumerate(ordered):
-      color = f"C{i % 10}"
-      label = f"{table.label(run['row'])} (seed {run['seed']})"
-      ax.plot(*_curve(run["records"], "test"), color=color, marker="o", label=label)
-    ax.set_title(column)
+    for row, seeds in by_row(runs, column).items():
+      curves = [_curve(run["records"], "test") for run in seeds]
+      label = table.label(row) + (f" (n={len(seeds)})" if len(seeds) > 1 else "")
+      plotting.draw_curve(ax, curves, colors[row], label)
+    ax.set_title(column, fontsize=10)
     ax.set_xlabel("step")
     ax.set_ylabel("test top-1 error (%)")
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  with paths_lib.open(path, "wb") as f:  # A local file or a gs:// object alike.
-    fig.savefig(f, dpi=100, format="png")
-  plt.close(fig)
-  return path
+    ax.grid(alpha=0.3)
+  return plotting.save_figure(plt, fig, path, None)
+
+
+def plot_alignment(runs: list[dict], path: str, colors=None) -> str | None:
+  """Update and delta angles per layer, a line per row (mean over seeds), for the runs that
+  logged diagnostics; None when none did. Several columns: the first one with diagnostics."""
+  from fajax import plotting
+
+  logged = [r for r in runs if any(k.startswith("align/") for x in r["records"] for k in x)]
+  if not logged:
+    return None
+  column = sorted({r["column"] for r in logged})[0]
+  grouped = by_row(logged, column)
+  return plotting.plot_alignment_runs(
+    {row: [run["records"] for run in seeds] for row, seeds in grouped.items()},
+    path,
+    title=f"{column}: alignment with backprop (mean over seeds, band ±1 std)",
+    colors=colors or row_colors(runs),
+    labels={row: table.label(row) for row in grouped},
+  )
+
+
+def axis_table(runs: list[dict]) -> str:
+  """Final test error per row (lines) and value of the sweep's axis (columns, e.g. depth):
+  mean ± sample std over seeds, with n."""
+  label = runs[0]["axis"][0]
+  values = sorted({run["axis"][1] for run in runs})
+  errors = collections.defaultdict(list)
+  for run in runs:
+    errors[(run["row"], run["axis"][1])].append(run["error"])
+  rows = [r for r in table.ROWS if any((r, v) in errors for v in values)]
+  lines = [
+    "| method | " + " | ".join(f"{label} {v}" for v in values) + " |",
+    "|---|" + "---|" * len(values),
+  ]
+  for row in rows:
+    cells = []
+    for v in values:
+      ours = errors.get((row, v), [])
+      cells.append(_mean_std(ours) + (f" (n={len(ours)})" if len(ours) > 1 else ""))
+    lines.append(f"| {table.label(row)} | " + " | ".join(cells) + " |")
+  datasets = ", ".join(sorted({run.get("dataset", "?") for run in runs}))
+  note = f"Top-1 test error, % on {datasets}; mean ± sample std over n seeds where n > 1."
+  return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def plot_axis(runs: list[dict], path: str, colors=None) -> str:
+  """Final test error against the sweep's axis (e.g. depth, log2 scale): a line per row, mean
+  over seeds with ±1 std error bars, the row colours of `row_colors`."""
+  from fajax import plotting
+
+  colors = colors or row_colors(runs)
+  label = runs[0]["axis"][0]
+  plt, fig, axes = plotting.new_figure(1, 1, width=5.5, height=4.0)
+  ax = axes[0][0]
+  for row, seeds in by_row(runs).items():
+    by_value = collections.defaultdict(list)
+    for run in seeds:
+      by_value[run["axis"][1]].append(run["error"])
+    values = sorted(by_value)
+    n = max(len(v) for v in by_value.values())
+    curves = [(values, [by_value[v][k] for v in values]) for k in range(n)]
+    if any(len(by_value[v]) != n for v in values):  # unequal seeds: plain means, no bars
+      curves = [(values, [float(np.mean(by_value[v])) for v in values])]
+    plotting.draw_curve(ax, curves, colors[row], table.label(row))
+  values = sorted({run["axis"][1] for run in runs})
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(values, [str(v) for v in values])
+  ax.set_xlabel(label)
+  ax.set_ylabel("test top-1 error (%)")
+  ax.grid(alpha=0.3)
+  return plotting.save_figure(plt, fig, path, f"test error vs {label}")
 
 
 def write_report(paths, out_dir: str) -> str:
-  """Writes report.md, errors.png and (where diagnostics were logged) alignment.png to out_dir.
+  """Writes report.md, errors.png and (where diagnostics were logged) alignment.png to out_dir;
+  for a sweep along an axis (experiment.json has `axis`, e.g. depth): report.md and <axis>.png.
 
   Returns the markdown table.
   """
@@ -142,18 +232,19 @@ def write_report(paths, out_dir: str) -> str:
       "run launch/sweep.py first or point the report at its workdir."
     )
   paths_lib.makedirs(out_dir)
+  colors = row_colors(runs)
+  if any("axis" in run for run in runs):  # A sweep along an axis (depth): error vs the axis.
+    runs = [run for run in runs if "axis" in run]
+    text = axis_table(runs)
+    name = f"{runs[0]['axis'][0]}.png"
+    plot_axis(runs, paths_lib.join(out_dir, name), colors)
+    body = f"# Results\n\n{text}\n![test error vs {name[:-4]}]({name})\n"
+    paths_lib.write_text(paths_lib.join(out_dir, "report.md"), body)
+    return text
   text = markdown_table(runs)
   body = "# Results\n\n" + text + "\n![test error](errors.png)\n"
-  plot_error_curves(runs, paths_lib.join(out_dir, "errors.png"))
-  with_alignment = {
-    f"{run['column']}/{run['row']}/seed{run['seed']}": run["records"]
-    for run in runs
-    if any(k.startswith("align/") for r in run["records"] for k in r)
-  }
-  if with_alignment:
-    from fajax import plotting
-
-    plotting.plot_alignment_runs(with_alignment, paths_lib.join(out_dir, "alignment.png"))
+  plot_error_curves(runs, paths_lib.join(out_dir, "errors.png"), colors)
+  if plot_alignment(runs, paths_lib.join(out_dir, "alignment.png"), colors):
     body += "\n![alignment angles](alignment.png)\n"
   paths_lib.write_text(paths_lib.join(out_dir, "report.md"), body)
   return text

@@ -154,11 +154,25 @@ def sweep(rows, seeds=(0,), learning_rates=None) -> list[dict]:
   return points
 
 
+def with_seeds(points: list[dict], count: int) -> list[dict]:
+  """The sweep's points with seeds 0 .. count-1 each (in place of the seeds they had)."""
+  if count < 1:
+    raise ValueError(f"--seeds = {count} is not valid; use 1 or more.")
+  bases = {}
+  for point in points:
+    base = {k: v for k, v in point.items() if k != "seed"}
+    bases.setdefault(tuple(sorted(base.items())), base)
+  return [{**base, "seed": seed} for base in bases.values() for seed in range(count)]
+
+
 def point_name(point: dict) -> str:
-  """A run's directory name, e.g. 'usf_sn-seed0' or 'fa-seed1-lr0.01'."""
+  """A run's directory name, e.g. 'usf_sn-seed0', 'fa-seed1-lr0.01', 'bp-seed2-convs_per_stage4'
+  (every override of the point but the seed, by the last part of its name)."""
   name = f"{point['row']}-seed{point['seed']}"
-  if "learning_rate" in point:
-    name += f"-lr{point['learning_rate']:g}"
+  for key, value in sorted(point.items()):
+    if key not in ("row", "seed"):
+      short = "lr" if key == "learning_rate" else key.rsplit(".", 1)[-1]
+      name += f"-{short}{value:g}" if isinstance(value, float) else f"-{short}{value}"
   return name
 
 

@@ -2,12 +2,14 @@
 
   python launch/sweep.py --config=experiments/mnist_net.py --workdir=workdirs/mnist_table
   python launch/sweep.py --config=experiments/mnist_net.py:full --config.num_epochs=10 --workdir=w
+  python launch/sweep.py --config=experiments/mnist_net.py --seeds=3 --workdir=workdirs/mnist3
   python launch/sweep.py --config=experiments/resnet18.py --emit_commands --workdir=gs://b/r18
 
 A config module declares its sweep with `get_sweep(arg)` (see fajax.table.sweep). Locally, points
 run one after another, each in <workdir>/<row>-seed<k>; a finished point is skipped and an
 unfinished one resumes from its checkpoint, so the command can be rerun after a crash. Overrides
-given as --config.<field>=<value> apply to every point. At the end the table is printed and
+given as --config.<field>=<value> apply to every point; --seeds=N runs seeds 0..N-1 of every
+point and the report shows their mean ± std (n). At the end the table is printed and
 written with its plots to <workdir>/report.md. With --emit_commands nothing runs: one
 `launch/main.py` command per point is printed, for a cluster's launcher or a TPU VM script.
 """
@@ -33,6 +35,7 @@ flags.DEFINE_string("workdir", None, "Folder holding one run directory per sweep
 flags.DEFINE_bool("emit_commands", False, "Print one launch/main.py command per point; run none.")
 flags.DEFINE_bool("report", True, "Print and write the table when the sweep is done.")
 flags.DEFINE_list("rows", None, "Run only these table rows of the sweep (default: all).")
+flags.DEFINE_integer("seeds", None, "Run seeds 0..N-1 of every point (default: the config's).")
 FLAGS = flags.FLAGS
 DONE_FILE = "done.json"
 
@@ -66,6 +69,10 @@ def main(argv):
   module = _load_module(path)
   overrides = config_flags.get_override_values(FLAGS["config"])
   points = module.get_sweep(arg)
+  if "seed" in overrides:  # Each point sets its own seed; an override would mislabel them all.
+    raise app.UsageError("Give --seeds=N (seeds 0..N-1 per point) instead of --config.seed.")
+  if FLAGS.seeds is not None:
+    points = table.with_seeds(points, FLAGS.seeds)
   if FLAGS.rows:
     unknown = sorted(set(FLAGS.rows) - {p["row"] for p in points})
     if unknown:
@@ -104,6 +111,8 @@ def main(argv):
       "dataset": config.dataset,
       "config": f"{path}:{config_arg}",
     }
+    if hasattr(module, "axis"):  # The report's x axis (e.g. depth), when the sweep has one.
+      meta["axis"] = list(module.axis(point))
     if primary:
       paths.makedirs(run_dir)
       paths.write_text(paths.join(run_dir, report.EXPERIMENT_FILE), json.dumps(meta, indent=2))

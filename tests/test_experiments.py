@@ -118,3 +118,27 @@ def test_sweep_runs_resumes_and_reports(tmp_path):
   emitted = run(command + ["--emit_commands"])
   lines = [x for x in emitted.stdout.splitlines() if x.startswith("python launch/main.py")]
   assert len(lines) == 2 and "--config.diagnostics_every=2" in lines[0]
+  seeded = run(command + ["--emit_commands", "--seeds=3", "--rows=fa"])
+  lines = [x for x in seeded.stdout.splitlines() if x.startswith("python launch/main.py")]
+  assert [x.split("--workdir=")[1].split()[0].rsplit("/", 1)[1] for x in lines] == [
+    f"fa-seed{k}" for k in range(3)
+  ]
+  assert all(f"--config.seed={k}" in x for k, x in enumerate(lines))
+  refused = run(command + ["--config.seed=1"])
+  assert refused.returncode != 0 and "--seeds" in refused.stderr
+
+
+def test_depth_sweep_runlocal_trains_each_depth_and_reports(tmp_path):
+  """experiments/depth.py's runlocal variant end to end: one row at depths 2 and 4."""
+  workdir = tmp_path / "depth"
+  command = [
+    sys.executable, os.path.join(ROOT, "launch", "sweep.py"),
+    "--config=experiments/depth.py:runlocal", f"--workdir={workdir}", "--rows=fa",
+    "--config.progress_bar=False",
+  ]  # fmt: skip
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "| method | depth 2 | depth 4 |" in out.stdout and "| FA |" in out.stdout
+  assert (workdir / "depth.png").stat().st_size > 0
+  assert sorted(os.listdir(workdir / "fa-seed0-convs_per_stage2" / "checkpoints")) == ["6"]
