@@ -249,7 +249,8 @@ def test_two_processes_equal_one_and_survive_sigterm_and_kill(tmp_path, cache_di
   # 2. Restart both, kill -9 one of them after the next checkpoint, then the other.
   procs = _start_two(command, cache_dir)
   next_save = (stopped // FLAGS["checkpoint_every"] + 1) * FLAGS["checkpoint_every"]
-  _wait_until(lambda: _last_step(workdir) > next_save, procs)
+  # A committed checkpoint (orbax renames its temporary folder to the step when complete).
+  _wait_until(lambda: (_steps(checkpoints) or [0])[-1] >= next_save, procs)
   procs[0].kill()
   procs[0].wait()
   try:  # The other process loses its peer; a scheduler would stop it, as here.
