@@ -15,6 +15,11 @@ shared workdir (gs://...) and, where JAX does not detect the cluster (Cloud TPU,
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I (or the environment variables
 JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); these flags imply distributed=True.
 On SIGTERM or SIGINT the run saves the current step and exits with status 75: rerun to resume.
+
+A mistake (a bad value, a missing config file or dataset, an unusable or busy workdir, a resume
+under a changed config) prints one sentence and exits with status 2; a non-finite loss with 3.
+FAJAX_TRACEBACK=1 (or --verbosity=1) shows the traceback. Keys of the option dicts can be given
+one by one: --config.rule_options.scale=sn, --config.overrides.Dense_0=bp.
 """
 
 import json
@@ -27,7 +32,11 @@ from ml_collections import config_flags
 # Lets `python launch/main.py` find the fajax package of this checkout without installing it.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].")
+# New attributes: `--config.rule_options.scale=sn` adds a key to an option dict (a misspelt
+# top-level field is still refused, by fajax.train.validate).
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Experiment config file[:arg].", lock_config=False, accept_new_attributes=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, events.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the train step and report; no training.")
 _FAKE_DEVICES = flags.DEFINE_integer(
@@ -64,7 +73,7 @@ def main(argv):
   from fajax import train
   from fajax.train import preemption
 
-  config = _CONFIG.value
+  config = _CONFIG.value  # A config file that failed to load raises its error here.
   if _DRY_RUN.value:
     report = train.dry_run(config)
     print(train.format_report(report))
@@ -92,4 +101,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from fajax.train import errors
+
+  app.run(errors.one_sentence_errors(main), flags_parser=errors.parse_flags)

@@ -7,11 +7,13 @@
 
 A config module declares its sweep with `get_sweep(arg)` (see fajax.table.sweep). Locally, points
 run one after another, each in <workdir>/<row>-seed<k>; a finished point is skipped and an
-unfinished one resumes from its checkpoint, so the command can be rerun after a crash. Overrides
-given as --config.<field>=<value> apply to every point; --seeds=N runs seeds 0..N-1 of every
-point and the report shows their mean ± std (n). At the end the table is printed and
-written with its plots to <workdir>/report.md. With --emit_commands nothing runs: one
-`launch/main.py` command per point is printed, for a cluster's launcher or a TPU VM script.
+unfinished one resumes from its checkpoint, so the command can be rerun after a crash. A finished
+point made with other settings (another learning rate, say) is not reused: the sweep names the
+point and the values and stops, asking for another workdir. Overrides given as
+--config.<field>=<value> (or --config.rule_options.<key>=<value>) apply to every point; --seeds=N
+runs seeds 0..N-1 of every point and the report shows their mean ± std (n). At the end the table
+is printed and written with its plots to <workdir>/report.md. With --emit_commands nothing runs:
+one `launch/main.py` command per point is printed, for a cluster's launcher or a TPU VM script.
 """
 
 import importlib.util
@@ -28,9 +30,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from fajax import report, table  # noqa: E402
-from fajax.train import Preempted, distributed, paths, preemption, train_and_evaluate  # noqa: E402
+from fajax.train import (  # noqa: E402
+  Preempted,
+  distributed,
+  errors,
+  paths,
+  preemption,
+  resume,
+  train_and_evaluate,
+)
+from fajax.train import config as config_lib  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Experiment config file[:arg].", lock_config=False, accept_new_attributes=True
+)
 flags.DEFINE_string("workdir", None, "Folder holding one run directory per sweep point.")
 flags.DEFINE_bool("emit_commands", False, "Print one launch/main.py command per point; run none.")
 flags.DEFINE_bool("report", True, "Print and write the table when the sweep is done.")
@@ -46,12 +59,28 @@ def _load_module(path):
   spec.loader.exec_module(module)
   for name in ("get_config", "get_sweep", "COLUMN"):
     if not hasattr(module, name):
-      raise ValueError(f"{path} declares no sweep: it needs get_config, get_sweep and COLUMN.")
+      raise errors.UserError(
+        f"{path} declares no sweep: it needs get_config, get_sweep and COLUMN."
+      )
   return module
 
 
 def _override_flags(overrides: dict) -> list[str]:
   return [f"--config.{k}={v}" for k, v in sorted(overrides.items())]
+
+
+def _settings_changed(run_dir: str, config) -> str | None:
+  """'' when a finished point was made with `config` (up to fields that may change on resume),
+  None when only its length differs (it resumes), else the differing values."""
+  try:
+    saved = json.loads(paths.read_text(paths.join(run_dir, "config.json")))
+  except (OSError, ValueError):
+    return ""  # No record of its settings (an older sweep): trust the name.
+  length = ("num_steps", "num_epochs")
+  diffs = resume.changes(saved, config, tuple(k for k in resume.FREE if k not in length))
+  if diffs and all(k in length for k, _, _ in diffs):
+    return None
+  return resume.describe(diffs)
 
 
 def main(argv):
@@ -78,7 +107,7 @@ def main(argv):
     if unknown:
       raise app.UsageError(f"--rows {unknown} are not in this sweep; it has {module.ROWS}.")
     points = [p for p in points if p["row"] in FLAGS.rows]
-  run_dirs = []
+  run_dirs, other_settings = [], []
   for i, point in enumerate(points):
     name = table.point_name(point)
     run_dir = paths.join(FLAGS.workdir, name)
@@ -95,12 +124,18 @@ def main(argv):
       command += _override_flags({**point_overrides, **overrides})
       print(shlex.join(command))
       continue
-    if paths.exists(paths.join(run_dir, DONE_FILE)):
-      print(f"[{i + 1}/{len(points)}] {name}: done, skipped")
-      continue
-    print(f"[{i + 1}/{len(points)}] {name}: {table.label(point['row'])}", flush=True)
     config = module.get_config(config_arg)
-    config.update_from_flattened_dict({**point_overrides, **overrides})
+    config_lib.apply_overrides(config, {**point_overrides, **overrides})
+    if paths.exists(paths.join(run_dir, DONE_FILE)):
+      diffs = _settings_changed(run_dir, config)
+      if diffs:
+        print(f"[{i + 1}/{len(points)}] {name}: made with other settings ({diffs}), not reused")
+        other_settings.append(name)
+        continue
+      if diffs is not None:  # None: only the length changed; resume and train on.
+        print(f"[{i + 1}/{len(points)}] {name}: done, skipped")
+        continue
+    print(f"[{i + 1}/{len(points)}] {name}: {table.label(point['row'])}", flush=True)
     if config.distributed:  # Before the first file is written: only process 0 writes them.
       distributed.initialize()
     primary = jax.process_index() == 0
@@ -122,6 +157,12 @@ def main(argv):
       sys.exit(preemption.EXIT_CODE)
     if primary:
       paths.write_text(paths.join(run_dir, DONE_FILE), json.dumps({"point": point}))
+  if other_settings:
+    raise errors.UserError(
+      f"{len(other_settings)} finished points in {FLAGS.workdir} were made with other settings "
+      f"({', '.join(other_settings)}); use a new --workdir for these settings, or rerun with the "
+      "old ones."
+    )
   if FLAGS.report and not FLAGS.emit_commands and jax.process_index() == 0:
     print(report.write_report(run_dirs, FLAGS.workdir))
     print(f"Report with plots: {paths.join(FLAGS.workdir, 'report.md')}")
@@ -129,4 +170,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  app.run(main)
+  app.run(errors.one_sentence_errors(main), flags_parser=errors.parse_flags)

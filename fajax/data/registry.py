@@ -152,6 +152,43 @@ def _resolve_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
   }
 
 
+def not_prepared_message(tfds_name: str, data_dir: str) -> str:
+  """The one-sentence error for a dataset missing from data_dir, with the command that fixes it."""
+  build = f"tfds build {tfds_name} --data_dir={data_dir}"
+  if tfds_name == "imagenet2012":
+    return (
+      f"Dataset 'imagenet2012' is not prepared in {data_dir}; it needs the manual ImageNet "
+      f"files: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in "
+      f"{data_dir}/downloads/manual (the manual_dir), run `{build}` and pass data_dir="
+      f"'{data_dir}'."
+    )
+  return (
+    f"Dataset '{tfds_name}' is not prepared in {data_dir}; prepare it on a machine with "
+    f"internet with `{build}` (or `python -m tensorflow_datasets.scripts.download_and_prepare "
+    f"--datasets={tfds_name} --data_dir={data_dir}`) and pass data_dir='{data_dir}'."
+  )
+
+
+def check_prepared(name: str, data_dir: str | None = None, **options: Any) -> None:
+  """Raises FileNotFoundError (the message says how to prepare it) when tfds dataset `name` has
+  no folder in data_dir; a quick look that imports no TensorFlow, for runs to fail before they
+  write or compile anything. Embedded sets always pass. The pipeline checks the files fully."""
+  if _spec(name).source != "tfds":
+    return
+  import os
+
+  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+  data_dir = os.path.expanduser(data_dir)
+  from etils import epath  # data_dir may be a gs:// folder.
+
+  if not (epath.Path(data_dir) / name).is_dir():
+    tfds_name = name
+    if name == "imagenet_resized":
+      size = info(name, **options).image_shape[0]
+      tfds_name = f"imagenet_resized/{size}x{size}"
+    raise FileNotFoundError(not_prepared_message(tfds_name, data_dir))
+
+
 def info(name: str, **options: Any) -> DatasetInfo:
   """Sizes and model-input shape of dataset `name` under `options` (same options as `get`)."""
   spec = _spec(name)

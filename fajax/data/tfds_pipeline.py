@@ -20,6 +20,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from fajax.data import batching, preprocess
+from fajax.data.registry import not_prepared_message
 
 try:
   # Keep TensorFlow on the host: a GPU-enabled TensorFlow would otherwise grab accelerator memory.
@@ -96,23 +97,6 @@ def recipe(name: str, options: dict[str, Any]) -> Recipe:
   train_fn = augment if options["augment"] else _no_augment(eval_fn)
   return Recipe(
     tfds_name, "validation", (size, size, 3), options["shuffle_buffer"], train_fn, eval_fn
-  )
-
-
-def not_prepared_message(tfds_name: str, data_dir: str) -> str:
-  """The one-sentence error for a dataset missing from data_dir, with the command that fixes it."""
-  build = f"tfds build {tfds_name} --data_dir={data_dir}"
-  if tfds_name == "imagenet2012":
-    return (
-      f"Dataset 'imagenet2012' is not prepared in {data_dir}; it needs the manual ImageNet "
-      f"files: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in "
-      f"{data_dir}/downloads/manual (the manual_dir), run `{build}` and pass data_dir="
-      f"'{data_dir}'."
-    )
-  return (
-    f"Dataset '{tfds_name}' is not prepared in {data_dir}; prepare it on a machine with "
-    f"internet with `{build}` (or `python -m tensorflow_datasets.scripts.download_and_prepare "
-    f"--datasets={tfds_name} --data_dir={data_dir}`) and pass data_dir='{data_dir}'."
   )
 
 

@@ -19,6 +19,7 @@ from fajax.train import mesh as mesh_lib
 from fajax.train import optim
 from fajax.train import state as state_lib
 from fajax.train import step as step_lib
+from fajax.train.errors import UserError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -82,7 +83,7 @@ def make_model(config, info, rule, model=None) -> nn.Module:
 
 def _check_divisible(field, value, parts, what):
   if value % parts:
-    raise ValueError(
+    raise UserError(
       f"config.{field} = {value} is not valid; it must divide evenly over {parts} {what}."
     )
 
@@ -95,11 +96,14 @@ def _check_feedback_budget(config, module, info, abstract_state):
   from fajax import direct
 
   if hasattr(direct, "check_feedback_budget"):
-    direct.check_feedback_budget(module, (1, *info.image_shape), budget, train=False)
+    try:
+      direct.check_feedback_budget(module, (1, *info.image_shape), budget, train=False)
+    except ValueError as e:
+      raise UserError(str(e)) from None
     return
   need = state_lib.num_bytes(abstract_state.feedback) / 2**30
   if need > budget:
-    raise ValueError(
+    raise UserError(
       f"config.feedback_memory_budget_gb = {budget} is too small; the feedback of rule "
       f"{config.rule!r} needs {need:.3f} GiB: raise the budget or choose a lighter rule."
     )
@@ -122,7 +126,7 @@ def build(config, *, model=None, dataset=None, devices=None) -> Experiment:
   info = dataset.info(config.dataset, **dict(config.dataset_options))
   num_steps = config_lib.num_steps(config, info.num_train)
   if config.warmup_steps >= num_steps:
-    raise ValueError(
+    raise UserError(
       f"config.warmup_steps = {config.warmup_steps} is not valid; use fewer than the "
       f"{num_steps} training steps."
     )

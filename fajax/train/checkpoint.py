@@ -9,7 +9,8 @@ batches an uninterrupted run would have read.
 Orbax writes each checkpoint to a temporary directory and renames it when complete, so a run
 killed mid-save leaves no half checkpoint under a step name. A step directory that still fails to
 restore (a damaged disk, a truncated copy) is moved aside to `<workdir>/corrupt_checkpoints/` with
-a warning, and the previous step is tried.
+a warning, and the previous step is tried. So is a step whose restored bytes do not match the
+checksums saved in its meta (`fajax.train.integrity`): silent bit rot never resumes a run.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 import orbax.checkpoint as ocp
 from absl import logging
 
-from fajax.train import paths
+from fajax.train import integrity, paths
+from fajax.train.errors import UserError
 
 _CORRUPT_DIR = "corrupt_checkpoints"
 
@@ -54,6 +56,7 @@ class Checkpointer:
   def save(self, step: int, state, meta: dict[str, Any]) -> None:
     """Starts saving `state` as `step` (in the background when async); returns quickly."""
     start = time.perf_counter()
+    meta = {**meta, integrity.META_KEY: integrity.checksums(state)}
     self._manager.save(
       int(step),
       args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -89,7 +92,7 @@ class Checkpointer:
         self._set_aside(step, e)
         continue
       if saved != expected:
-        raise ValueError(
+        raise UserError(
           f"The checkpoint of step {step} in {self.directory} holds a different training state "
           f"than this config builds ({_difference(saved, expected)}); resume with the config it "
           "was written with (config.json beside it) or use a new workdir."
@@ -104,14 +107,18 @@ class Checkpointer:
       except Exception as e:  # Orbax raises many types for damaged files; all mean "unusable".
         self._set_aside(step, e)
         continue
-      return restored["state"], dict(restored["meta"] or {})
+      state, meta = restored["state"], dict(restored["meta"] or {})
+      damage = integrity.mismatch(state, meta.get(integrity.META_KEY))
+      if damage:  # Bit rot that orbax read without complaint.
+        self._set_aside(step, ValueError(damage))
+        continue
+      return state, meta
     return None
 
   def _set_aside(self, step: int, error: Exception) -> None:
     """Moves an unreadable step out of the checkpoint directory, so it is neither retried nor
     overwritten, and reopens the manager."""
-    name = f"{step}-{int(time.time())}"
-    target = os.path.join(os.path.dirname(self.directory), _CORRUPT_DIR, name)
+    target = self.move_aside(step, _CORRUPT_DIR)
     message = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
     logging.warning(
       "Checkpoint step %d in %s cannot be restored (%s: %s); moved to %s, trying the previous one.",
@@ -121,6 +128,11 @@ class Checkpointer:
       message,
       target,
     )
+
+  def move_aside(self, step: int, folder: str) -> str:
+    """Moves step `step` to `<workdir>/<folder>/<step>-<time>` (kept, never resumed from) and
+    reopens the manager; returns the new path."""
+    target = os.path.join(os.path.dirname(self.directory), folder, f"{step}-{int(time.time())}")
     source = os.path.join(self.directory, str(step))
     import jax
 
@@ -129,6 +141,7 @@ class Checkpointer:
       paths.move(source, target)
     self._manager.close()
     self._manager = self._open()
+    return target
 
   def close(self) -> None:
     """Waits for pending saves and releases the manager."""

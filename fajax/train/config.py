@@ -15,6 +15,8 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from fajax.train.errors import UserError
+
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
 CONSTRAINTS = ("ei", "const", "batch_manhattan")
@@ -62,9 +64,10 @@ def default_config() -> ml_collections.ConfigDict:
 
   # Length and batch: set exactly one of num_steps and num_epochs (the other None).
   c.batch_size = 128  # Global batch, over all devices and processes.
-  c.eval_batch_size = config_dict.placeholder(int)  # None: batch_size.
-  c.num_steps = config_dict.FieldReference(1000, field_type=int)
-  c.num_epochs = config_dict.placeholder(float)  # steps = ceil(epochs * num_train / batch_size).
+  # Fields that may be None are untyped so that `--config.num_epochs=None` parses (validate checks).
+  c.eval_batch_size = _optional(None)  # None: batch_size.
+  c.num_steps = _optional(1000)
+  c.num_epochs = _optional(None)  # steps = ceil(epochs * num_train / batch_size).
 
   # Intervals, in steps (0: only at the end of training; diagnostics: 0 is off).
   c.log_every = 50
@@ -86,14 +89,32 @@ def default_config() -> ml_collections.ConfigDict:
   # Failure handling: 'stop' raises NonFiniteLossError at a non-finite loss (keeping the last good
   # checkpoint); 'skip' drops that update, counts it (metric skipped_steps) and continues.
   c.on_nan = "stop"
+  # 'skip': stop (like 'stop') after this many non-finite steps in a row; 0: never stop.
+  c.max_consecutive_skips = 10
   # Refuse to start when the feedback collection needs more than this many GiB (None: no check);
   # uses fajax.direct.check_feedback_budget (dfa/densefa feedback grows with activation sizes).
-  c.feedback_memory_budget_gb = config_dict.placeholder(float)
+  c.feedback_memory_budget_gb = _optional(None)
   return c
 
 
+def _optional(value) -> config_dict.FieldReference:
+  return config_dict.FieldReference(value, field_type=object)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, flat: Mapping[str, Any]) -> None:
+  """Sets dotted keys {'rule_options.scale': 'sn', 'num_epochs': None}, adding keys to option dicts
+  (what `--config.<key>=<value>` does in the launchers, for the sweep's per-point configs)."""
+  with config.unlocked():
+    for key, value in flat.items():
+      *parents, leaf = key.split(".")
+      node = config
+      for parent in parents:
+        node = node[parent]
+      node[leaf] = value
+
+
 def _fail(field: str, value: Any, valid: str):
-  raise ValueError(f"config.{field} = {value!r} is not valid; {valid}.")
+  raise UserError(f"config.{field} = {value!r} is not valid; {valid}.")
 
 
 def _is_int(x) -> bool:
@@ -136,7 +157,7 @@ def _check_options(c, field):
 def validate(
   config: ml_collections.ConfigDict, *, check_dataset: bool = True, check_model: bool = True
 ) -> None:
-  """Raises ValueError naming the first invalid field and its valid values; returns None if OK.
+  """Raises UserError (a ValueError) naming the first invalid field and its valid values.
 
   Checks the fields themselves and the names against the registries: rules always, datasets and
   models unless `check_dataset` / `check_model` is False (a dataset or model injected into the
@@ -150,7 +171,7 @@ def validate(
     _fail(unknown[0], c[unknown[0]], f"it is not a trainer field; valid fields are {sorted(known)}")
   missing = sorted(known - set(c.keys()))
   if missing:
-    raise ValueError(
+    raise UserError(
       f"config.{missing[0]} is missing; build configs from fajax.train.default_config()."
     )
 
@@ -163,7 +184,7 @@ def validate(
   try:
     rules_lib.get(c.rule, **dict(c.rule_options), overrides=dict(c.overrides))
   except ValueError as e:
-    raise ValueError(f"config.rule_options / config.overrides are not valid: {e}") from None
+    raise UserError(f"config.rule_options / config.overrides are not valid: {e}") from None
   data_lib = None
   if check_dataset:
     from fajax import data as data_lib
@@ -172,7 +193,7 @@ def validate(
     try:
       data_lib.info(c.dataset, **dict(c.dataset_options))
     except ValueError as e:
-      raise ValueError(f"config.dataset_options are not valid: {e}") from None
+      raise UserError(f"config.dataset_options are not valid: {e}") from None
   model_names = None
   if check_model:
     from fajax import models as models_lib
@@ -223,6 +244,7 @@ def validate(
   for field in ("log_every", "eval_every", "checkpoint_every", "diagnostics_every"):
     _check_int(c, field, 0)
   _check_int(c, "keep_checkpoints", 1)
+  _check_int(c, "max_consecutive_skips", 0)
   _check_int(c, "seed", 0)
   for field in ("checkpoint_async", "distributed", "progress_bar"):
     if not isinstance(c[field], bool):

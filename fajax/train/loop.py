@@ -22,7 +22,10 @@ from absl import logging
 from fajax.data.prefetch import prefetch_to_device
 from fajax.train import build as build_lib
 from fajax.train import config as config_lib
-from fajax.train import distributed, paths, preemption
+from fajax.train import distributed, paths, preemption, preflight
+from fajax.train import lock as lock_lib
+from fajax.train import resume as resume_lib
+from fajax.train import skips as skips_lib
 from fajax.train import state as state_lib
 
 CHECKPOINT_DIR = "checkpoints"
@@ -31,7 +34,8 @@ Callback = Callable[[int, Any, dict[str, Any]], None]
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The loss became NaN or infinite and config.on_nan is 'stop'."""
+  """The loss became NaN or infinite and config.on_nan is 'stop', or with 'skip' it stayed so for
+  config.max_consecutive_skips steps in a row."""
 
 
 def _device_batches(exp: build_lib.Experiment, split: str, batch_size: int, **kwargs):
@@ -126,9 +130,13 @@ def train_and_evaluate(
     The final TrainState.
 
   Raises:
-    ValueError: an invalid config value, before anything is compiled.
-    NonFiniteLossError: the loss became non-finite and config.on_nan is 'stop'; the last good
-      state is saved as a checkpoint first.
+    fajax.train.errors.UserError (a ValueError): a mistake the user can fix, said in one sentence,
+      before anything is compiled or written: an invalid config value, a missing dataset, a batch
+      larger than the data, a workdir that is a file or cannot be written, a workdir another live
+      run holds (lock.WorkdirLocked), a resume under a changed config (resume.ConfigChanged).
+    NonFiniteLossError: the loss became non-finite and config.on_nan is 'stop' (or 'skip' hit
+      config.max_consecutive_skips in a row); the last good state is saved as a checkpoint first,
+      and a rerun with a lower learning rate (or on_nan='skip') resumes from it.
     Preempted: SIGTERM or SIGINT arrived; the run stopped after the current step and saved it
       (fajax.train.preemption; launchers exit with status 75 then).
   """
@@ -136,23 +144,43 @@ def train_and_evaluate(
   if config.distributed:  # Before anything asks for devices.
     distributed.initialize()
   exp = build_lib.build(config, model=model, dataset=dataset)
+  preflight.check_data(config, exp.info, injected=dataset is not None)
+  workdir = paths.resolve(workdir)  # A local folder or a URL such as gs://bucket/run.
+  preflight.check_workdir(workdir, CHECKPOINT_DIR)
+  lock = lock_lib.acquire_for_run(workdir)
+  try:
+    return _train(exp, workdir, callbacks)
+  finally:  # Every way out (an error, a NaN stop, a preemption) releases the workdir.
+    if lock is not None:
+      lock.release()
+
+
+def _train(exp: build_lib.Experiment, workdir: str, callbacks: Sequence[Callback]):
+  """The run itself, while this process holds the workdir lock."""
+  config = exp.config
   from fajax.train import checkpoint as checkpoint_lib  # Lazy: orbax is heavy to import.
   from fajax.train import metrics as metrics_lib
 
-  workdir = paths.resolve(workdir)  # A local folder or a URL such as gs://bucket/run.
-  paths.makedirs(workdir)
   ckpt = checkpoint_lib.Checkpointer(
     paths.join(workdir, CHECKPOINT_DIR),
     keep=config.keep_checkpoints,
     async_save=config.checkpoint_async,
   )
   restored = ckpt.restore_latest(exp.abstract_state)
+  if restored is not None and resume_lib.roll_back_for_remedy(workdir, ckpt, restored[1], config):
+    restored = ckpt.restore_latest(exp.abstract_state)
   if restored is None:
     state = exp.init(jax.random.PRNGKey(config.seed))
     start = 0
   else:
     state, meta = restored
     start = int(meta.get("step", int(state.step)))
+    after_nonfinite = resume_lib.after_nonfinite(workdir, start)
+    resume_lib.check(
+      meta.get("config"), config, step=start, where=ckpt.directory, after_nonfinite=after_nonfinite
+    )
+    if int(state.nonfinite_step) >= 0:  # Saved at a NaN stop by an older fajax.
+      state = resume_lib.clear_nonfinite(state, exp.state_sharding)
     logging.info("Resumed from step %d of %s.", start, ckpt.directory)
   _write_run_files(workdir, exp)
   writer = metrics_lib.MetricWriter(workdir, start_step=start)
@@ -161,6 +189,10 @@ def train_and_evaluate(
 
   def save(step, state):
     ckpt.save(step, state, {**meta, "step": int(step), "data_position": int(step)})
+
+  skips = None
+  if config.on_nan == "skip":
+    skips = skips_lib.SkipWatch(config.max_consecutive_skips, int(state.skipped))
 
   watcher = preemption.Watcher().start()  # SIGTERM/SIGINT: stop after the current step.
   try:
@@ -171,6 +203,8 @@ def train_and_evaluate(
       diagnose = bool(config.diagnostics_every) and s % config.diagnostics_every == 0
       train_step = exp.diagnostics_step if diagnose else exp.train_step
       state, metrics = train_step(state, next(batches))
+      if skips is not None and (skips.push(s, metrics) or (s == exp.num_steps and skips.flush())):
+        _stop_skip_storm(s, state, ckpt, save, skips, workdir)
       if step == start:  # The first step includes compilation: time the others only.
         jax.block_until_ready(metrics)
         first = time.perf_counter() - timer_start
@@ -183,7 +217,7 @@ def train_and_evaluate(
       postfix = {}
       if log_now or eval_now or save_now:
         metrics = jax.device_get(metrics)
-        _stop_if_nonfinite(metrics, state, ckpt, save, config)
+        _stop_if_nonfinite(metrics, state, ckpt, save, exp, workdir)
       if log_now:
         elapsed, steps = time.perf_counter() - timer_start, max(s - timer_step, 1)
         record = {k: v for k, v in metrics.items() if k != "nonfinite_step"}
@@ -227,17 +261,36 @@ def _stop_preempted(step, state, ckpt, save, num_steps, signal_name) -> None:
   raise preemption.Preempted(step, message)
 
 
-def _stop_if_nonfinite(metrics, state, ckpt, save, config) -> None:
+def _stop_if_nonfinite(metrics, state, ckpt, save, exp, workdir) -> None:
   """Raises NonFiniteLossError (after saving the last good state) when a loss went non-finite."""
   bad = int(metrics["nonfinite_step"])
   if bad < 0:
     return
-  # Updates froze at the first bad step, so `state` is the good state after `bad` updates.
+  # Updates froze at the first bad step, so `state` is the good state after `bad` updates. It is
+  # saved without the non-finite flag, and marked, so that both remedies can resume from it.
   ckpt.wait()
   if ckpt.latest_step() != bad:
-    save(bad, state)
+    save(bad, resume_lib.clear_nonfinite(state, exp.state_sharding))
     ckpt.wait()
+  resume_lib.mark_nonfinite(workdir, bad + 1, bad)
   raise NonFiniteLossError(
     f"Loss became non-finite at step {bad + 1}; the last good checkpoint (step {bad}) is in "
     f"{ckpt.directory}; lower the learning rate or set config.on_nan='skip'."
+  )
+
+
+def _stop_skip_storm(step, state, ckpt, save, skips, workdir) -> None:
+  """Raises NonFiniteLossError after config.max_consecutive_skips skipped steps in a row."""
+  # Skipped updates left the parameters as they were before the storm: save them at this step.
+  ckpt.wait()
+  if ckpt.latest_step() != step:
+    save(step, state)
+    ckpt.wait()
+  # The parameters went bad in the update before the streak's first step.
+  resume_lib.mark_nonfinite(workdir, skips.first_step, step, diverged_at=skips.first_step - 1)
+  raise NonFiniteLossError(
+    f"Loss was non-finite for {skips.streak} steps in a row, steps {skips.first_step} to "
+    f"{skips.last_step} "
+    f"(config.max_consecutive_skips = {skips.limit}); the last good state (step {step}) is in "
+    f"{ckpt.directory}; lower the learning rate or raise config.max_consecutive_skips."
   )

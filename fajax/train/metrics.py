@@ -2,6 +2,7 @@
 
 metrics.jsonl has one JSON object per logged step and split:
   {"step": 100, "split": "train", "loss": ..., "top1_error": ..., "learning_rate": ..., ...}
+It is strict JSON: a NaN or infinite value is written as null (TensorBoard keeps the value).
 Only process 0 writes. On resume from step k the lines after k (written by the interrupted run
 after its last checkpoint) are dropped, so the file of a resumed run equals that of an
 uninterrupted one, except for the wall-clock fields in TIMING_KEYS.
@@ -27,6 +28,11 @@ TENSORBOARD_DIR = "tensorboard"
 def _scalar(value) -> float | int:
   value = value.item() if hasattr(value, "item") else value
   return value if isinstance(value, int) and not isinstance(value, bool) else float(value)
+
+
+def _finite_or_none(value):
+  """NaN and infinities as null: JSON has no spelling for them that every reader accepts."""
+  return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def read_jsonl(path: str, *, drop_timing: bool = False) -> list[dict[str, Any]]:
@@ -83,7 +89,8 @@ class MetricWriter:
     record.update({k: _scalar(v) for k, v in metrics.items()})
     if not self._active:
       return record
-    self._file.write(json.dumps(record) + "\n")
+    line = {k: _finite_or_none(v) for k, v in record.items()}
+    self._file.write(json.dumps(line, allow_nan=False) + "\n")
     self._file.flush()
     if self._tb is not None:
       for key, value in record.items():
