@@ -3,13 +3,18 @@
   python launch/main.py --config=experiments/tiny.py --workdir=/tmp/tiny
   python launch/main.py --config=experiments/tiny.py:usf --workdir=/tmp/tiny_usf  # another rule
   python launch/main.py --config=experiments/tiny.py --dry_run --fake_devices=64
+  python launch/sweep.py --config=experiments/tiny.py --workdir=/tmp/tiny_sweep  # bp and fa
 
 The argument after ':' is a rule name (default bp). It checks the whole pipeline (data, model,
 rule, sharded step, checkpoints, metrics, eval), not accuracy: expect a test top-1 error of about
 0.1-0.3 after 50 steps for bp.
 """
 
+from fajax import table
 from fajax.train import default_config
+
+ROWS = ("bp", "fa")  # Table rows that are also rule names: the smallest sweep.
+COLUMN = "tiny"
 
 
 def get_config(arg=None):
@@ -27,3 +32,9 @@ def get_config(arg=None):
   c.checkpoint_every = 25
   c.keep_checkpoints = 2
   return c
+
+
+def get_sweep(arg=None):
+  """bp and fa, one seed: a smoke test of launch/sweep.py and of its --emit_commands."""
+  del arg
+  return table.sweep(ROWS, seeds=(0,))

@@ -155,10 +155,13 @@ def save_figure(plt, fig, path, title: str | None, note: str | None = None) -> s
     fig.text(0.01, 0.005, note, fontsize=8, color="0.35", ha="left", va="bottom")
   right = 1 - 2.0 / fig.get_figwidth() if handles else 1
   fig.tight_layout(rect=(0, 0.03 if note else 0, right, 1))
+  from fajax.train import paths  # A local file or a gs:// object alike.
+
   path = os.fspath(path)
   if os.path.dirname(path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=110)
+    paths.makedirs(os.path.dirname(path))
+  with paths.open(path, "wb") as f:
+    fig.savefig(f, dpi=110, format=os.path.splitext(path)[1][1:] or "png")
   plt.close(fig)
   return path
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 
 import numpy as np
 
 from fajax import table
+from fajax.train import paths as paths_lib
 
 EXPERIMENT_FILE = "experiment.json"
 METRICS_FILE = "metrics.jsonl"
@@ -20,20 +20,19 @@ METRICS_FILE = "metrics.jsonl"
 
 def read_metrics(run_dir: str) -> list[dict]:
   """The records of `<run_dir>/metrics.jsonl` (an empty list if there are none)."""
-  path = os.path.join(run_dir, METRICS_FILE)
-  if not os.path.exists(path):
+  path = paths_lib.join(run_dir, METRICS_FILE)
+  if not paths_lib.exists(path):
     return []
-  with open(path) as f:
+  with paths_lib.open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
 def read_run(run_dir: str) -> dict | None:
   """{column, row, seed, error (%), steps, records} of a finished run, None if it has no result."""
-  meta_path = os.path.join(run_dir, EXPERIMENT_FILE)
-  if not os.path.exists(meta_path):
+  meta_path = paths_lib.join(run_dir, EXPERIMENT_FILE)
+  if not paths_lib.exists(meta_path):
     return None
-  with open(meta_path) as f:
-    meta = json.load(f)
+  meta = json.loads(paths_lib.read_text(meta_path))
   records = read_metrics(run_dir)
   evals = [r for r in records if r.get("split") == "test" and "top1_error" in r]
   if not evals:
@@ -46,9 +45,11 @@ def find_runs(paths) -> list[dict]:
   """Every finished run in `paths` (run directories, or folders holding them)."""
   runs = []
   for path in paths:
-    candidates = [path] + sorted(
-      os.path.join(path, d) for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))
-    )
+    candidates = [path] + [
+      paths_lib.join(path, d)
+      for d in paths_lib.listdir(path)
+      if paths_lib.isdir(paths_lib.join(path, d))
+    ]
     for candidate in candidates:
       run = read_run(candidate)
       if run is not None:
@@ -230,21 +231,20 @@ def write_report(paths, out_dir: str) -> str:
       f"No finished runs (experiment.json with test metrics) under {list(paths)}; "
       "run launch/sweep.py first or point the report at its workdir."
     )
-  os.makedirs(out_dir, exist_ok=True)
+  paths_lib.makedirs(out_dir)
   colors = row_colors(runs)
   if any("axis" in run for run in runs):  # A sweep along an axis (depth): error vs the axis.
     runs = [run for run in runs if "axis" in run]
     text = axis_table(runs)
     name = f"{runs[0]['axis'][0]}.png"
-    plot_axis(runs, os.path.join(out_dir, name), colors)
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
-      f.write(f"# Results\n\n{text}\n![test error vs {name[:-4]}]({name})\n")
+    plot_axis(runs, paths_lib.join(out_dir, name), colors)
+    body = f"# Results\n\n{text}\n![test error vs {name[:-4]}]({name})\n"
+    paths_lib.write_text(paths_lib.join(out_dir, "report.md"), body)
     return text
   text = markdown_table(runs)
   body = "# Results\n\n" + text + "\n![test error](errors.png)\n"
-  plot_error_curves(runs, os.path.join(out_dir, "errors.png"), colors)
-  if plot_alignment(runs, os.path.join(out_dir, "alignment.png"), colors):
+  plot_error_curves(runs, paths_lib.join(out_dir, "errors.png"), colors)
+  if plot_alignment(runs, paths_lib.join(out_dir, "alignment.png"), colors):
     body += "\n![alignment angles](alignment.png)\n"
-  with open(os.path.join(out_dir, "report.md"), "w") as f:
-    f.write(body)
+  paths_lib.write_text(paths_lib.join(out_dir, "report.md"), body)
   return text

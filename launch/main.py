@@ -8,8 +8,13 @@
 overrides any field. Running the same command again resumes from the workdir's newest checkpoint.
 --dry_run compiles the train step for the configured mesh and prints per-device memory, FLOPs per
 step and each array's sharding, without training; with --fake_devices=N it does so on N fake CPU
-devices, to check a config for an N-chip slice from a laptop. Multi-host: set
---config.distributed=True and run the same command on every host.
+devices, to check a config for an N-chip slice from a laptop.
+
+Several processes (hosts): run the same command on every host with --config.distributed=True, a
+shared workdir (gs://...) and, where JAX does not detect the cluster (Cloud TPU, SLURM, ...),
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I (or the environment variables
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); these flags imply distributed=True.
+On SIGTERM or SIGINT the run saves the current step and exits with status 75: rerun to resume.
 
 A mistake (a bad value, a missing config file or dataset, an unusable or busy workdir, a resume
 under a changed config) prints one sentence and exits with status 2; a non-finite loss with 3.
@@ -38,6 +43,15 @@ _FAKE_DEVICES = flags.DEFINE_integer(
   "fake_devices", None, "Run on this many fake CPU devices (for --dry_run of a large slice)."
 )
 _REPORT = flags.DEFINE_string("report", None, "--dry_run: also write the report as JSON here.")
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "Multi-process: HOST:PORT of process 0 (JAX_COORDINATOR_ADDRESS)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+  "num_processes", None, "Multi-process: how many processes (JAX_NUM_PROCESSES)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  "process_id", None, "Multi-process: this process's index, 0 to N-1 (JAX_PROCESS_ID)."
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -57,6 +71,7 @@ def main(argv):
 
     jax.config.update("jax_platforms", "cpu")
   from fajax import train
+  from fajax.train import preemption
 
   config = _CONFIG.value  # A config file that failed to load raises its error here.
   if _DRY_RUN.value:
@@ -68,8 +83,21 @@ def main(argv):
     return
   if not _WORKDIR.value:
     raise app.UsageError("Give --workdir: the folder where this run's checkpoints and logs go.")
+  distributed = dict(
+    coordinator_address=_COORDINATOR.value,
+    num_processes=_NUM_PROCESSES.value,
+    process_id=_PROCESS_ID.value,
+  )
+  if any(v is not None for v in distributed.values()):
+    from fajax.train import distributed as distributed_lib
+
+    config.distributed = True
+    distributed_lib.initialize(**distributed)
   logging.info("Config:\n%s", config)
-  train.train_and_evaluate(config, _WORKDIR.value)
+  try:
+    train.train_and_evaluate(config, _WORKDIR.value)
+  except train.Preempted:  # The loop saved the step and logged where it stopped.
+    sys.exit(preemption.EXIT_CODE)
 
 
 if __name__ == "__main__":

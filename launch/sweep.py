@@ -27,9 +27,19 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import jax  # noqa: E402
+
 from fajax import report, table  # noqa: E402
+from fajax.train import (  # noqa: E402
+  Preempted,
+  distributed,
+  errors,
+  paths,
+  preemption,
+  resume,
+  train_and_evaluate,
+)
 from fajax.train import config as config_lib  # noqa: E402
-from fajax.train import errors, resume  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file[:arg].", lock_config=False, accept_new_attributes=True
@@ -63,8 +73,7 @@ def _settings_changed(run_dir: str, config) -> str | None:
   """'' when a finished point was made with `config` (up to fields that may change on resume),
   None when only its length differs (it resumes), else the differing values."""
   try:
-    with open(os.path.join(run_dir, "config.json")) as f:
-      saved = json.load(f)
+    saved = json.loads(paths.read_text(paths.join(run_dir, "config.json")))
   except (OSError, ValueError):
     return ""  # No record of its settings (an older sweep): trust the name.
   length = ("num_steps", "num_epochs")
@@ -101,7 +110,7 @@ def main(argv):
   run_dirs, other_settings = [], []
   for i, point in enumerate(points):
     name = table.point_name(point)
-    run_dir = os.path.join(FLAGS.workdir, name)
+    run_dir = paths.join(FLAGS.workdir, name)
     run_dirs.append(run_dir)
     config_arg = ",".join([point["row"], *sorted(modifiers)])
     point_overrides = {k: v for k, v in point.items() if k != "row"}
@@ -117,7 +126,7 @@ def main(argv):
       continue
     config = module.get_config(config_arg)
     config_lib.apply_overrides(config, {**point_overrides, **overrides})
-    if os.path.exists(os.path.join(run_dir, DONE_FILE)):
+    if paths.exists(paths.join(run_dir, DONE_FILE)):
       diffs = _settings_changed(run_dir, config)
       if diffs:
         print(f"[{i + 1}/{len(points)}] {name}: made with other settings ({diffs}), not reused")
@@ -127,7 +136,9 @@ def main(argv):
         print(f"[{i + 1}/{len(points)}] {name}: done, skipped")
         continue
     print(f"[{i + 1}/{len(points)}] {name}: {table.label(point['row'])}", flush=True)
-    os.makedirs(run_dir, exist_ok=True)
+    if config.distributed:  # Before the first file is written: only process 0 writes them.
+      distributed.initialize()
+    primary = jax.process_index() == 0
     meta = {
       "column": module.COLUMN,
       "row": point["row"],
@@ -137,22 +148,24 @@ def main(argv):
     }
     if hasattr(module, "axis"):  # The report's x axis (e.g. depth), when the sweep has one.
       meta["axis"] = list(module.axis(point))
-    with open(os.path.join(run_dir, report.EXPERIMENT_FILE), "w") as f:
-      json.dump(meta, f, indent=2)
-    from fajax.train import train_and_evaluate
-
-    train_and_evaluate(config, run_dir)
-    with open(os.path.join(run_dir, DONE_FILE), "w") as f:
-      json.dump({"point": point}, f)
+    if primary:
+      paths.makedirs(run_dir)
+      paths.write_text(paths.join(run_dir, report.EXPERIMENT_FILE), json.dumps(meta, indent=2))
+    try:
+      train_and_evaluate(config, run_dir)
+    except Preempted:  # The loop saved the step and logged where; a rerun resumes this point.
+      sys.exit(preemption.EXIT_CODE)
+    if primary:
+      paths.write_text(paths.join(run_dir, DONE_FILE), json.dumps({"point": point}))
   if other_settings:
     raise errors.UserError(
       f"{len(other_settings)} finished points in {FLAGS.workdir} were made with other settings "
       f"({', '.join(other_settings)}); use a new --workdir for these settings, or rerun with the "
       "old ones."
     )
-  if FLAGS.report and not FLAGS.emit_commands:
+  if FLAGS.report and not FLAGS.emit_commands and jax.process_index() == 0:
     print(report.write_report(run_dirs, FLAGS.workdir))
-    print(f"Report with plots: {os.path.join(FLAGS.workdir, 'report.md')}")
+    print(f"Report with plots: {paths.join(FLAGS.workdir, 'report.md')}")
 
 
 if __name__ == "__main__":

@@ -16,14 +16,13 @@ checksums saved in its meta (`fajax.train.integrity`): silent bit rot never resu
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from typing import Any
 
 import orbax.checkpoint as ocp
 from absl import logging
 
-from fajax.train import integrity
+from fajax.train import integrity, paths
 from fajax.train.errors import UserError
 
 _CORRUPT_DIR = "corrupt_checkpoints"
@@ -33,7 +32,7 @@ class Checkpointer:
   """Saves and restores TrainStates in `directory` (created if needed)."""
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.resolve(directory)  # Local, or a URL like gs://bucket/run/checkpoints.
     self._options = ocp.CheckpointManagerOptions(
       max_to_keep=keep,
       enable_async_checkpointing=async_save,
@@ -64,6 +63,10 @@ class Checkpointer:
       force=True,
     )
     self.save_seconds.append(time.perf_counter() - start)
+
+  def saving(self) -> bool:
+    """True while an async save is still being written."""
+    return self._manager.is_saving_in_progress()
 
   def wait(self) -> None:
     """Blocks until every pending save is on disk."""
@@ -133,9 +136,9 @@ class Checkpointer:
     source = os.path.join(self.directory, str(step))
     import jax
 
-    if jax.process_index() == 0 and os.path.exists(source):
-      os.makedirs(os.path.dirname(target), exist_ok=True)
-      shutil.move(source, target)
+    if jax.process_index() == 0 and paths.exists(source):
+      paths.makedirs(os.path.dirname(target))
+      paths.move(source, target)
     self._manager.close()
     self._manager = self._open()
     return target

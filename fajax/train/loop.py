@@ -11,7 +11,6 @@ record at step s describes the batch of update s (batch index s - 1).
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -23,8 +22,8 @@ from absl import logging
 from fajax.data.prefetch import prefetch_to_device
 from fajax.train import build as build_lib
 from fajax.train import config as config_lib
+from fajax.train import distributed, paths, preemption, preflight
 from fajax.train import lock as lock_lib
-from fajax.train import preflight
 from fajax.train import resume as resume_lib
 from fajax.train import skips as skips_lib
 from fajax.train import state as state_lib
@@ -78,8 +77,8 @@ def _write_run_files(workdir: str, exp: build_lib.Experiment) -> None:
   """config.json (the config as given) and run.json (what it resolved to on this machine)."""
   if jax.process_index() != 0:
     return
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(exp.config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  config = exp.config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+  paths.write_text(paths.join(workdir, "config.json"), config)
   abstract = exp.abstract_state
   run = {
     "num_steps": exp.num_steps,
@@ -99,14 +98,8 @@ def _write_run_files(workdir: str, exp: build_lib.Experiment) -> None:
     "jax": jax.__version__,
     "host": platform.node(),
   }
-  with open(os.path.join(workdir, "run.json"), "w") as f:
-    json.dump(run, f, indent=2, sort_keys=True)
-    f.write("\n")
-
-
-def _initialize_distributed() -> None:
-  if not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+  run = json.dumps(run, indent=2, sort_keys=True) + "\n"
+  paths.write_text(paths.join(workdir, "run.json"), run)
 
 
 def train_and_evaluate(
@@ -144,13 +137,15 @@ def train_and_evaluate(
     NonFiniteLossError: the loss became non-finite and config.on_nan is 'stop' (or 'skip' hit
       config.max_consecutive_skips in a row); the last good state is saved as a checkpoint first,
       and a rerun with a lower learning rate (or on_nan='skip') resumes from it.
+    Preempted: SIGTERM or SIGINT arrived; the run stopped after the current step and saved it
+      (fajax.train.preemption; launchers exit with status 75 then).
   """
   config_lib.validate(config, check_dataset=dataset is None, check_model=model is None)
   if config.distributed:  # Before anything asks for devices.
-    _initialize_distributed()
+    distributed.initialize()
   exp = build_lib.build(config, model=model, dataset=dataset)
   preflight.check_data(config, exp.info, injected=dataset is not None)
-  workdir = os.path.abspath(os.fspath(workdir))
+  workdir = paths.resolve(workdir)  # A local folder or a URL such as gs://bucket/run.
   preflight.check_workdir(workdir, CHECKPOINT_DIR)
   lock = lock_lib.acquire_for_run(workdir)
   try:
@@ -167,7 +162,7 @@ def _train(exp: build_lib.Experiment, workdir: str, callbacks: Sequence[Callback
   from fajax.train import metrics as metrics_lib
 
   ckpt = checkpoint_lib.Checkpointer(
-    os.path.join(workdir, CHECKPOINT_DIR),
+    paths.join(workdir, CHECKPOINT_DIR),
     keep=config.keep_checkpoints,
     async_save=config.checkpoint_async,
   )
@@ -199,6 +194,7 @@ def _train(exp: build_lib.Experiment, workdir: str, callbacks: Sequence[Callback
   if config.on_nan == "skip":
     skips = skips_lib.SkipWatch(config.max_consecutive_skips, int(state.skipped))
 
+  watcher = preemption.Watcher().start()  # SIGTERM/SIGINT: stop after the current step.
   try:
     batches = train_batches(exp, start)
     timer_start, timer_step = time.perf_counter(), start
@@ -237,16 +233,32 @@ def _train(exp: build_lib.Experiment, workdir: str, callbacks: Sequence[Callback
         writer.flush()  # Before the checkpoint: a checkpoint at s implies the records up to s.
       if save_now:
         save(s, state)
+      if not last and watcher.reached(s):
+        _stop_preempted(s, state, ckpt, save, exp.num_steps, watcher.signal)
       progress.update(1, **postfix)
       for callback in callbacks:
         callback(s, state, metrics)
       if log_now or eval_now or save_now:
         timer_start, timer_step = time.perf_counter(), s
   finally:
+    watcher.stop()
     progress.close()
     writer.close()
     ckpt.close()
   return state
+
+
+def _stop_preempted(step, state, ckpt, save, num_steps, signal_name) -> None:
+  """Saves `step` synchronously (after any save in flight), logs where it stopped, raises."""
+  if ckpt.saving():
+    logging.info("Preempted: waiting for the checkpoint save in flight.")
+  ckpt.wait()
+  if ckpt.latest_step() != step:
+    save(step, state)
+    ckpt.wait()
+  message = preemption.stop_message(signal_name, step, num_steps, ckpt.directory)
+  logging.warning(message)
+  raise preemption.Preempted(step, message)
 
 
 def _stop_if_nonfinite(metrics, state, ckpt, save, exp, workdir) -> None:

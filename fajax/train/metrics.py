@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 from typing import Any
 
 import jax
+
+from fajax.train import paths
 
 TIMING_KEYS = ("step_time", "images_per_sec")
 METRICS_FILE = "metrics.jsonl"
@@ -37,7 +38,7 @@ def _finite_or_none(value):
 def read_jsonl(path: str, *, drop_timing: bool = False) -> list[dict[str, Any]]:
   """The records of a metrics.jsonl file (without the timing fields when `drop_timing`)."""
   records = []
-  with open(path) as f:
+  with paths.open(path) as f:
     for line in f:
       if line.strip():
         record = json.loads(line)
@@ -49,10 +50,10 @@ def read_jsonl(path: str, *, drop_timing: bool = False) -> list[dict[str, Any]]:
 
 def _truncate_after(path: str, step: int) -> None:
   """Keeps the records with record['step'] <= step (and drops a torn last line)."""
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return
   kept = []
-  with open(path) as f:
+  with paths.open(path) as f:
     for line in f:
       try:
         record = json.loads(line)
@@ -60,10 +61,7 @@ def _truncate_after(path: str, step: int) -> None:
         continue
       if record.get("step", math.inf) <= step:
         kept.append(line if line.endswith("\n") else line + "\n")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+  paths.write_text(path, "".join(kept))
 
 
 class MetricWriter:
@@ -71,17 +69,19 @@ class MetricWriter:
 
   def __init__(self, workdir: str, *, start_step: int = 0, tensorboard: bool = True):
     self._active = jax.process_index() == 0
-    self.path = os.path.join(workdir, METRICS_FILE)
+    self.path = paths.join(workdir, METRICS_FILE)
     self._tb = None
     if not self._active:
       return
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     _truncate_after(self.path, start_step)
-    self._file = open(self.path, "a")  # noqa: SIM115 (closed in close()).
+    self._file = paths.open_append(self.path)
     if tensorboard:
       import tensorboardX  # Lazy: only a run with a workdir needs it.
 
-      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+      # The event writer needs a local folder: a remote workdir gets a mirrored temporary one.
+      self._tb_dir = paths.LocalMirror(paths.join(workdir, TENSORBOARD_DIR))
+      self._tb = tensorboardX.SummaryWriter(self._tb_dir.local)
 
   def write(self, step: int, split: str, metrics: dict[str, Any]) -> dict[str, Any]:
     """Writes one record; returns it (python scalars)."""
@@ -103,12 +103,14 @@ class MetricWriter:
       self._file.flush()
       if self._tb is not None:
         self._tb.flush()
+        self._tb_dir.sync()
 
   def close(self) -> None:
     if self._active:
       self._file.close()
       if self._tb is not None:
         self._tb.close()
+        self._tb_dir.close()
 
 
 class Progress:
