@@ -1,8 +1,8 @@
-"""Learned feedback: B trained by a local alignment objective (Akrout et al. 2019, Kunin et al. 2020).
+"""Learned feedback: B trained by a local alignment objective (Akrout 2019, Kunin 2020).
 
 A linear layer computes r = x W (W has the kernel's shape); its backward pass sends the input
-cotangent through the feedback B (`fajax.primitives`). The rules `wm`, `sa`, `aa`, `ia` and `learned`
-(`fajax.rules`) train B by gradient descent on an objective that only uses what the layer sees: its
+cotangent through the feedback B (`fajax.primitives`). The rules `wm`, `sa`, `aa`, `ia` and
+`learned` (`fajax.rules`) train B by gradient descent on an objective that only uses what the layer sees: its
 input x of the step (or noise), W and B. W and x are constants in the objective; only B moves.
 
 The objectives are weighted sums of five primitives, E being the mean over the output positions of
@@ -25,7 +25,7 @@ A new objective is a tuple of (primitive, coefficient) pairs:
     rule = fajax.rules.get("learned", terms=my_objective)      # or terms={"decay": 0.5, "amp": 1.0}
     fajax.learned.register_primitive("mine", lambda layer: ...)  # a primitive of your own
 
-How B is trained (see docs/learned_feedback.md): inside `fajax.layers.capture_feedback_grads()`, every
+How B is trained (docs/learned_feedback.md): inside `fajax.layers.capture_feedback_grads()`, every
 layer under a learned rule sows dObjective/dB (`feedback_gradient`, a pure function of x, W, B) into
 the collection `feedback_grads`; the train step applies B's own optax optimizer to those gradients
 (`update_feedback`), next to W's update, inside the same jitted step.
