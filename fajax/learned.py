@@ -3,7 +3,7 @@
 A linear layer computes r = x W (W has the kernel's shape); its backward pass sends the input
 cotangent through the feedback B (`fajax.primitives`). The rules `wm`, `sa`, `aa`, `ia` and
 `learned` (`fajax.rules`) train B by gradient descent on an objective that only uses what the
-layer sees: its input x of the step (or noise), W and B. W and x are constants in the objective; only B moves.
+layer sees: its input x of the step (or noise), W and B. W and x are constants; only B moves.
 
 The objectives are weighted sums of five primitives, E being the mean over the output positions of
 the layer (the examples of the batch for a dense layer; examples x spatial positions for a

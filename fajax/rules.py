@@ -424,7 +424,7 @@ class IA(LearnedFeedback):
 class Learned(LearnedFeedback):
   """Any objective: `terms` maps primitives of `fajax.learned` to coefficients.
 
-      fajax.rules.get("learned", terms={"decay": 1.0, "amp": 1.0}, noise_std=1.0)  # = wm
+  fajax.rules.get("learned", terms={"decay": 1.0, "amp": 1.0}, noise_std=1.0)  # = wm
   """
 
   name: ClassVar[str] = "learned"
