@@ -34,6 +34,7 @@ the collection `feedback_grads`; the train step applies B's own optax optimizer 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping
 
@@ -63,23 +64,29 @@ class Layer:
   apply: Callable[[jax.Array, jax.Array], jax.Array]
   features: int
 
-  @property
+  # Each product is computed once per Layer and shared by the terms that use it, so that autodiff
+  # sums their cotangents and transposes the map once (two calls would cost two transposes).
+
+  @functools.cached_property
   def positions(self) -> int:
     """The number of output positions E averages over: examples (x spatial positions for convs)."""
     out = jax.eval_shape(self.apply, self.x, self.w)
     return max(out.size // self.features, 1)
 
+  @functools.cached_property
   def forward(self) -> jax.Array:
     """x W: the layer's output (before the bias)."""
     return self.apply(self.x, self.w)
 
+  @functools.cached_property
   def backward_projection(self) -> jax.Array:
     """x B: the layer's map applied with B."""
     return self.apply(self.x, self.b)
 
+  @functools.cached_property
   def reconstruction(self) -> jax.Array:
     """(x W) B^T: x W sent back to x's shape by the transpose of the map with B."""
-    (out,) = jax.linear_transpose(lambda z: self.apply(z, self.b), self.x)(self.forward())
+    (out,) = jax.linear_transpose(lambda z: self.apply(z, self.b), self.x)(self.forward)
     return out
 
 
@@ -99,17 +106,17 @@ def self_(layer: Layer):
 
 def amp(layer: Layer):
   """-E[(x W) . (x B)] (dense gradient: -x^T x W / n)."""
-  return -_sum(layer.forward() * layer.backward_projection()) / layer.positions
+  return -_sum(layer.forward * layer.backward_projection) / layer.positions
 
 
 def sparse(layer: Layer):
   """1/2 E ||x B||^2 (dense gradient: x^T x B / n)."""
-  return 0.5 * _sum(jnp.square(layer.backward_projection())) / layer.positions
+  return 0.5 * _sum(jnp.square(layer.backward_projection)) / layer.positions
 
 
 def null(layer: Layer):
   """1/2 E ||(x W) B^T||^2 (dense gradient: B W^T x^T x W / n)."""
-  return 0.5 * _sum(jnp.square(layer.reconstruction())) / layer.positions
+  return 0.5 * _sum(jnp.square(layer.reconstruction)) / layer.positions
 
 
 PRIMITIVES: dict[str, Callable[[Layer], jax.Array]] = {

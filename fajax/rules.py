@@ -367,6 +367,7 @@ class WM(LearnedFeedback):
   alpha: float = 1.0
   beta: float = 1.0
   noise_std: float | None = 1.0
+  sample_every: int = 4  # a noise batch of batch_size / 4 keeps the step <= 1.3x bp's
 
   def objective(self):
     return learned.terms(decay=self.alpha, amp=self.beta)
@@ -396,6 +397,7 @@ class AA(LearnedFeedback):
   name: ClassVar[str] = "aa"
   alpha: float = 1.0
   beta: float = 1.0
+  sample_every: int = 4  # keeps the step <= 1.3x bp's (docs/learned_feedback.md)
 
   def objective(self):
     return learned.terms(sparse=self.alpha, amp=self.beta)
@@ -414,6 +416,7 @@ class IA(LearnedFeedback):
   alpha: float = 1.0
   beta: float = 1.0
   gamma: float = 1.0
+  sample_every: int = 8  # three extra maps per layer: keeps the step <= 1.3x bp's
 
   def objective(self):
     return learned.terms(amp=self.alpha, null=self.beta, decay=self.gamma)
