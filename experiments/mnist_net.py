@@ -16,7 +16,9 @@ FA-uSF Init. E/I 0.9, FA-uSF Init. 0.7, FA-uSF SN 0.7, DFA 1.0, DenseFA 0.7 (%).
 
 from fajax import table
 
-ROWS = ("bp", "bp_noise", "bp_align", "fa", "usf_init_ei", "usf_init", "usf_sn", "dfa", "densefa")
+ROWS = (
+  "bp", "bp_noise", "bp_align", "fa", "usf_init_ei", "usf_init", "usf_sn", "dfa", "densefa",
+) + table.LEARNED_ROWS  # fmt: skip
 COLUMN = "mnist"
 
 SETTINGS = {

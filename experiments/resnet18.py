@@ -11,7 +11,7 @@ brSF 37.2, DFA 82.5, FA 85.3 (%).
 
 from fajax import table
 
-ROWS = ("bp", "fa", "usf_std", "usf_sn", "brsf", "frsf", "dfa")
+ROWS = ("bp", "fa", "usf_std", "usf_sn", "brsf", "frsf", "dfa") + table.LEARNED_ROWS
 COLUMN = "resnet18"
 
 SETTINGS = {

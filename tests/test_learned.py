@@ -19,7 +19,6 @@ import fajax
 from fajax import layers, learned, rules
 from fajax.train import build as build_lib
 from fajax.train import checkpoint as checkpoint_lib
-from fajax.train import loop as loop_lib
 
 PRIMITIVES = ("decay", "self", "amp", "sparse", "null")
 
@@ -226,3 +225,79 @@ def test_wm_noise_aligns_a_random_layer_and_ia_aa_reduce_the_angle():
   # wm since E[x^T x] is ill-conditioned. ia's is alpha S W (beta W^T S W + gamma)^-1, W's singular
   # vectors with rescaled singular values: the angle falls but not to 0.
   assert aa_end < 30.0 and ia_end < start - 30.0
+
+
+# -- In the trainer: sharding, resume, diagnostics, learning ---------------------------------------
+
+
+@pytest.mark.parametrize("rule", ["wm"])
+def test_one_device_and_eight_devices_give_the_same_trajectory(rule):
+  # batch 32 over 8 devices: wm's noise batch (every 4th row) keeps one row per device.
+  out = {}
+  for n in (1, 8):
+    config = tiny_config(rule=rule, mesh={"data": n, "model": 1}, num_steps=4, optimizer="adam")
+    out[n] = step_losses(config)
+  np.testing.assert_allclose(out[8][0], out[1][0], rtol=2e-5, atol=1e-6)
+  for a, b in zip(*(jax.tree.leaves(out[n][1].feedback) for n in (8, 1)), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  w0 = build_lib.build(tiny_config(rule=rule), model=TinyNet).init(jax.random.PRNGKey(0))
+  assert not np.allclose(out[1][1].feedback["Dense_1"]["kernel"], w0.feedback["Dense_1"]["kernel"])
+
+
+class _Interrupt(Exception):
+  pass
+
+
+def _interrupt_at(step):
+  def callback(s, state, metrics):
+    if s == step:
+      raise _Interrupt(f"forced stop after step {s}")
+
+  return callback
+
+
+def test_kill_and_resume_is_exact_and_diagnostics_see_the_angle_fall(tmp_path):
+  config = lambda: tiny_config(
+    rule="wm",
+    optimizer="adam",
+    learning_rate=1e-2,
+    feedback_learning_rate=3e-2,
+    num_steps=8,
+    checkpoint_every=3,
+    diagnostics_every=4,
+    mesh={"data": 1, "model": 1},  # sharding is the test above's
+  )
+  full = run(config(), tmp_path / "full")
+  with pytest.raises(_Interrupt):
+    run(config(), tmp_path / "killed", callbacks=[_interrupt_at(5)])
+  steps = checkpoint_lib.Checkpointer(str(tmp_path / "killed" / "checkpoints")).all_steps()
+  assert steps[-1] == 3
+  resumed = run(config(), tmp_path / "killed")
+  for name in ("params", "feedback", "opt_state", "feedback_opt_state"):
+    assert_trees_equal(getattr(full, name), getattr(resumed, name))
+  assert records(tmp_path / "killed") == records(tmp_path / "full")
+  # B's own optimizer ran 8 Adam steps; the diagnostics' W-B angle falls.
+  assert int(full.feedback_opt_state[0].count) == 8
+  logged = {r["step"]: r for r in records(tmp_path / "full")}
+  key = "align/Dense_1/wb_angle"
+  assert logged[8][key] < logged[4][key] < 90.0
+
+
+def test_learned_rules_train_like_bp_on_digits(tmp_path):
+  """The cheap CI version of the MNIST comparison (RESULTS.md has the main job's numbers)."""
+  errors = {}
+  for rule in ("bp", "wm", "sa", "ia"):
+    config = tiny_config(
+      rule=rule,
+      optimizer="adam",
+      learning_rate=3e-3,
+      num_steps=200,
+      log_every=50,
+      mesh={"data": 1, "model": 1},
+    )
+    run(config, tmp_path / rule)
+    errors[rule] = records(tmp_path / rule, "test")[-1]["top1_error"]
+  print("digits test error after 200 steps:", errors)
+  assert errors["bp"] < 0.1
+  for rule in ("wm", "sa", "ia"):
+    assert errors[rule] < errors["bp"] + 0.03
