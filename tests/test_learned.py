@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 from jax import lax
-from test_train import TinyNet, assert_trees_equal, records, run, step_losses, tiny_config
+from test_train import assert_trees_equal, records, run, step_losses, tiny_config
 
 import fajax
 from fajax import layers, learned, rules
@@ -48,7 +48,7 @@ def hand_gradient(name, p, w, b, adjoint):
 @pytest.mark.parametrize("name", PRIMITIVES)
 def test_dense_primitive_gradients_by_hand(name):
   rng = np.random.default_rng(0)
-  x, w, b = rng.normal(size=(7, 5)), rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+  x, w, b = (rng.normal(size=s).astype(np.float32) for s in ((7, 5), (5, 3), (5, 3)))
   dims = (((1,), (0,)), ((), ()))
   apply = lambda x, k: lax.dot_general(x, k, dims)
   got = learned.feedback_gradient(learned.terms(**{name: 1.0}), x, w, b, apply, features=3)
@@ -78,8 +78,8 @@ def im2col_matrix(x_shape, kh, kw, stride, pad):
 @pytest.mark.parametrize("name", PRIMITIVES)
 def test_conv_primitive_gradients_by_hand_and_in_another_layout(name):
   rng = np.random.default_rng(1)
-  x = rng.normal(size=(2, 5, 6, 2))
-  w, b = rng.normal(size=(3, 2, 2, 4)), rng.normal(size=(3, 2, 2, 4))  # HWIO
+  x = rng.normal(size=(2, 5, 6, 2)).astype(np.float32)
+  w, b = (rng.normal(size=(3, 2, 2, 4)).astype(np.float32) for _ in range(2))  # HWIO
   pad = ((1, 0), (0, 1))
   kw = dict(window_strides=(2, 2), padding=pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
   apply = lambda x, k: lax.conv_general_dilated(x, k, **kw)
@@ -241,8 +241,7 @@ def test_one_device_and_eight_devices_give_the_same_trajectory(rule):
   np.testing.assert_allclose(out[8][0], out[1][0], rtol=2e-5, atol=1e-6)
   for a, b in zip(*(jax.tree.leaves(out[n][1].feedback) for n in (8, 1)), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  w0 = build_lib.build(tiny_config(rule=rule), model=TinyNet).init(jax.random.PRNGKey(0))
-  assert not np.allclose(out[1][1].feedback["Dense_1"]["kernel"], w0.feedback["Dense_1"]["kernel"])
+  assert int(out[8][1].feedback_opt_state[0].count) == 4  # B's optimizer took every step
 
 
 class _Interrupt(Exception):
@@ -263,25 +262,25 @@ def test_kill_and_resume_is_exact_and_diagnostics_see_the_angle_fall(tmp_path):
     optimizer="adam",
     learning_rate=1e-2,
     feedback_learning_rate=3e-2,
-    num_steps=8,
+    num_steps=6,
     checkpoint_every=3,
-    diagnostics_every=4,
+    diagnostics_every=3,
     mesh={"data": 1, "model": 1},  # sharding is the test above's
   )
   full = run(config(), tmp_path / "full")
   with pytest.raises(_Interrupt):
-    run(config(), tmp_path / "killed", callbacks=[_interrupt_at(5)])
+    run(config(), tmp_path / "killed", callbacks=[_interrupt_at(4)])
   steps = checkpoint_lib.Checkpointer(str(tmp_path / "killed" / "checkpoints")).all_steps()
   assert steps[-1] == 3
   resumed = run(config(), tmp_path / "killed")
   for name in ("params", "feedback", "opt_state", "feedback_opt_state"):
     assert_trees_equal(getattr(full, name), getattr(resumed, name))
   assert records(tmp_path / "killed") == records(tmp_path / "full")
-  # B's own optimizer ran 8 Adam steps; the diagnostics' W-B angle falls.
-  assert int(full.feedback_opt_state[0].count) == 8
+  # B's own optimizer ran 6 Adam steps; the diagnostics' W-B angle falls.
+  assert int(full.feedback_opt_state[0].count) == 6
   logged = {r["step"]: r for r in records(tmp_path / "full")}
   key = "align/Dense_1/wb_angle"
-  assert logged[8][key] < logged[4][key] < 90.0
+  assert logged[6][key] < logged[3][key] < 90.0
 
 
 class MLP(nn.Module):
