@@ -29,7 +29,7 @@ SETTINGS = {
 
 def get_config(arg=None):
   """The config of one row: 'usf_sn', 'fa,runlocal', ..."""
-  return table.experiment_config(arg, SETTINGS, runlocal_size=64) + table.LEARNED_ROWS
+  return table.experiment_config(arg, SETTINGS, runlocal_size=64)
 
 
 def get_sweep(arg=None):
