@@ -16,13 +16,14 @@ from fajax import constraints as constraints_lib
 from fajax.train.config import parse_constraints
 
 
-def make_schedule(config, num_steps: int, learning_rate=None) -> optax.Schedule:
+def make_schedule(config, num_steps: int, learning_rate=None, warmup=None) -> optax.Schedule:
   """The learning rate at each step: linear warmup, then constant, cosine or step decay.
 
-  `learning_rate` replaces config.learning_rate as the peak (B's optimizer uses it).
+  `learning_rate` and `warmup` replace config.learning_rate (the peak) and config.warmup_steps
+  (B's optimizer uses them).
   """
   lr = float(config.learning_rate if learning_rate is None else learning_rate)
-  warmup = int(config.warmup_steps)
+  warmup = int(config.warmup_steps if warmup is None else warmup)
   rest = max(num_steps - warmup, 1)
   if config.lr_schedule == "constant":
     main = optax.constant_schedule(lr)
@@ -82,11 +83,12 @@ def _optimizer(config, name, schedule, wd=0.0, mask=None) -> optax.GradientTrans
 
 def make_feedback_optimizer(config, num_steps: int) -> optax.GradientTransformation:
   """B's optimizer for learned-feedback rules: config.feedback_optimizer (None: config.optimizer)
-  at config.feedback_learning_rate (None: W's) on W's schedule shape.
+  at config.feedback_learning_rate (None: W's) on W's schedule shape without its warmup.
 
-  No weight decay and no constraints: B's decay is a term of its objective (`decay`), and adamw
-  runs as adam.
+  B learns at its full rate from the first step, so that W's warmup is a phase in which B aligns
+  before W moves much (a mirror phase, as Akrout et al. run one before training). No weight decay
+  and no constraints: B's decay is a term of its objective (`decay`); adamw runs as adam.
   """
   name = config.get("feedback_optimizer") or config.optimizer
-  schedule = make_schedule(config, num_steps, config.get("feedback_learning_rate"))
+  schedule = make_schedule(config, num_steps, config.get("feedback_learning_rate"), warmup=0)
   return _optimizer(config, "adam" if name == "adamw" else name, schedule)
