@@ -20,6 +20,7 @@ from fajax import layers, learned, rules
 from fajax.train import build as build_lib
 from fajax.train import checkpoint as checkpoint_lib
 from fajax.train import loop as loop_lib
+from fajax.train import optim
 
 PRIMITIVES = ("decay", "self", "amp", "sparse", "null")
 
@@ -242,6 +243,24 @@ def test_one_device_and_eight_devices_give_the_same_trajectory(rule):
   for a, b in zip(*(jax.tree.leaves(out[n][1].feedback) for n in (8, 1)), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   assert int(out[8][1].feedback_opt_state[0].count) == 4  # B's optimizer took every step
+
+
+def test_feedback_optimizer_defaults_and_validation():
+  config = tiny_config(optimizer="sgd", learning_rate=0.5, warmup_steps=2, num_steps=10)
+  b, g = {"kernel": jnp.ones(2)}, {"kernel": jnp.ones(2)}
+
+  def first_update(config):
+    tx = optim.make_feedback_optimizer(config, 10)
+    return np.asarray(tx.update(g, tx.init(b), b)[0]["kernel"])
+
+  # W's rate is 0 at step 0 (warmup); B's is W's peak from the first step.
+  assert float(optim.make_schedule(config, 10)(0)) == 0.0
+  np.testing.assert_allclose(first_update(config), [-0.5, -0.5])
+  config.feedback_learning_rate = 0.1
+  np.testing.assert_allclose(first_update(config), [-0.1, -0.1])
+  config.feedback_optimizer = "rmsprop"
+  with pytest.raises(ValueError, match=r"config\.feedback_optimizer = 'rmsprop' is not valid"):
+    fajax.train.validate(config)
 
 
 class _Interrupt(Exception):
