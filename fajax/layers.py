@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import threading
 from typing import Any
 
@@ -126,16 +127,14 @@ def _sow_feedback_grad(module, rule, lhs, rhs, fb, apply, features):
 def _dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
   module, rule = _current()
   fb = _feedback_for(module, rule, rhs)
-  (_, contracting), (_, batch) = dimension_numbers
-  features = 1
-  for axis, size in enumerate(rhs.shape):
-    features *= 1 if axis in (*contracting, *batch) else size
-
-  def apply(x, kernel):
-    return lax.dot_general(x, kernel, dimension_numbers, precision, preferred_element_type)
-
   if _learns_feedback(rule):
-    _sow_feedback_grad(module, rule, lhs, rhs, fb, apply, features)
+    (_, contracting), (_, batch) = dimension_numbers
+    free = [size for axis, size in enumerate(rhs.shape) if axis not in (*contracting, *batch)]
+
+    def apply(x, kernel):
+      return lax.dot_general(x, kernel, dimension_numbers, precision, preferred_element_type)
+
+    _sow_feedback_grad(module, rule, lhs, rhs, fb, apply, math.prod(free))
   return feedback_dot_general(lhs, rhs, fb, dimension_numbers, precision, preferred_element_type)
 
 
@@ -144,11 +143,11 @@ def _conv_general_dilated(lhs, rhs, *args, **kwargs):
   # after its `feedback` argument, so they are forwarded as they come.
   module, rule = _current()
   fb = _feedback_for(module, rule, rhs)
-
-  def apply(x, kernel):
-    return lax.conv_general_dilated(x, kernel, *args, **kwargs)
-
   if _learns_feedback(rule):
+
+    def apply(x, kernel):
+      return lax.conv_general_dilated(x, kernel, *args, **kwargs)
+
     out = jax.eval_shape(apply, lhs, rhs)
     dims = inspect.signature(lax.conv_general_dilated).bind(lhs, rhs, *args, **kwargs).arguments
     spec = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dims.get("dimension_numbers"))
