@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 from jax import lax
-from test_train import assert_trees_equal, records, run, step_losses, tiny_config
+from test_train import TinyNet, assert_trees_equal, records, run, step_losses, tiny_config
 
 import fajax
 from fajax import layers, learned, rules
@@ -243,6 +243,27 @@ def test_one_device_and_eight_devices_give_the_same_trajectory(rule):
   for a, b in zip(*(jax.tree.leaves(out[n][1].feedback) for n in (8, 1)), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   assert int(out[8][1].feedback_opt_state[0].count) == 4  # B's optimizer took every step
+
+
+def test_sa_started_at_b_equal_w_trains_exactly_like_bp():
+  """B = W at init: sa's B stays at W (its gradient B - W is ~0) and W follows bp's updates."""
+  states = {}
+  for rule in ("bp", "sa"):
+    config = tiny_config(rule=rule, optimizer="momentum", mesh={"data": 1, "model": 1})
+    exp = build_lib.build(config, model=TinyNet)
+    state = exp.init(jax.random.PRNGKey(0))
+    if rule == "sa":  # + 0.0: a copy, since the step donates its state
+      state = state.replace(feedback=jax.tree.map(lambda w: w + 0.0, {
+        k: {"kernel": state.params[k]["kernel"]} for k in state.feedback
+      }))  # fmt: skip
+    batches = loop_lib.train_batches(exp, 0)
+    for _ in range(3):
+      state, _ = exp.train_step(state, next(batches))
+    states[rule] = state
+  for layer in ("Dense_0", "Dense_1"):
+    w_bp, w_sa = (states[r].params[layer]["kernel"] for r in ("bp", "sa"))
+    np.testing.assert_allclose(w_sa, w_bp, atol=1e-5)
+    np.testing.assert_allclose(states["sa"].feedback[layer]["kernel"], w_sa, atol=3e-3)
 
 
 def test_feedback_optimizer_defaults_and_validation():
