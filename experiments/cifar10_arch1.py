@@ -11,7 +11,9 @@ FA-uSF SN 17.7, DFA 28.6, DenseFA 16.9 (%).
 
 from fajax import table
 
-ROWS = ("bp", "bp_noise", "bp_align", "fa", "usf_init_ei", "usf_init", "usf_sn", "dfa", "densefa")
+ROWS = (
+  "bp", "bp_noise", "bp_align", "fa", "usf_init_ei", "usf_init", "usf_sn", "dfa", "densefa",
+) + table.LEARNED_ROWS  # fmt: skip
 COLUMN = "cifar10_arch1"
 
 SETTINGS = {

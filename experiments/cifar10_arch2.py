@@ -10,7 +10,9 @@ BP + Alignment 11.2, FA 35.6, FA-uSF Init. E/I 17.8, FA-uSF Init. 13.1, FA-uSF S
 
 from fajax import table
 
-ROWS = ("bp", "bp_noise", "bp_align", "fa", "usf_init_ei", "usf_init", "usf_sn")
+ROWS = (
+  "bp", "bp_noise", "bp_align", "fa", "usf_init_ei", "usf_init", "usf_sn",
+) + table.LEARNED_ROWS  # fmt: skip
 COLUMN = "cifar10_arch2"
 
 SETTINGS = {

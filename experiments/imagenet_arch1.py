@@ -11,7 +11,9 @@ FA-uSF SN 78.9 (%).
 
 from fajax import table
 
-ROWS = ("bp", "bp_noise", "bp_align", "fa", "usf_init_ei", "usf_init", "usf_sn")
+ROWS = (
+  "bp", "bp_noise", "bp_align", "fa", "usf_init_ei", "usf_init", "usf_sn",
+) + table.LEARNED_ROWS  # fmt: skip
 COLUMN = "imagenet_arch1"
 
 SETTINGS = {

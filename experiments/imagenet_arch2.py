@@ -16,7 +16,7 @@ from fajax import table
 ROWS = (
   "bp", "bp_noise", "bp_align", "fa", "usf_init_ei", "usf_init", "usf_sn",
   "bp_const", "usf_const", "usf_const_ei",
-)  # fmt: skip
+) + table.LEARNED_ROWS  # fmt: skip
 COLUMN = "imagenet_arch2"
 
 SETTINGS = {

@@ -10,13 +10,17 @@ Full size:      python launch/sweep.py --config=experiments/mnist_net.py:full --
 Seconds on CPU: python launch/main.py --config=experiments/mnist_net.py:fa,runlocal --workdir=/tmp/r
 
 Expected top-1 error (paper, full MNIST): BP 0.8, BP + Noise 0.8, BP + Alignment 0.9, FA 1.1,
-FA-uSF Init. E/I 0.9, FA-uSF Init. 0.7, FA-uSF SN 0.7, DFA 1.0, DenseFA 0.7 (%). The miniature
-(4,000 training digits, 6 epochs) gets about 2-3% error for BP: see RESULTS.md.
+FA-uSF Init. E/I 0.9, FA-uSF Init. 0.7, FA-uSF SN 0.7, DFA 1.0, DenseFA 0.7 (%). The
+learned-feedback rows (bp_wm, bp_sa, bp_aa, bp_ia; docs/learned_feedback.md) have no paper
+number. The miniature (4,000 training digits, 6 epochs) gets about 2-3% error for BP: see
+RESULTS.md.
 """
 
 from fajax import table
 
-ROWS = ("bp", "bp_noise", "bp_align", "fa", "usf_init_ei", "usf_init", "usf_sn", "dfa", "densefa")
+ROWS = (
+  "bp", "bp_noise", "bp_align", "fa", "usf_init_ei", "usf_init", "usf_sn", "dfa", "densefa",
+) + table.LEARNED_ROWS  # fmt: skip
 COLUMN = "mnist"
 
 SETTINGS = {

@@ -11,7 +11,7 @@ FA 32.2, DFA 45.9 (%). `resnet56` is the same config with model=resnet56
 
 from fajax import table
 
-ROWS = ("bp", "fa", "usf_std", "usf_sn", "brsf", "frsf", "dfa")
+ROWS = ("bp", "fa", "usf_std", "usf_sn", "brsf", "frsf", "dfa") + table.LEARNED_ROWS
 COLUMN = "resnet20"
 
 SETTINGS = {

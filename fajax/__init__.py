@@ -9,7 +9,7 @@
 
 import importlib
 
-from fajax import constraints, data, direct, layers, models, primitives, rules
+from fajax import constraints, data, direct, layers, learned, models, primitives, rules
 from fajax.direct import apply
 from fajax.layers import Conv, Dense, convert
 
@@ -34,6 +34,7 @@ __all__ = [
   "diagnostics",
   "direct",
   "layers",
+  "learned",
   "models",
   "nnx",
   "plotting",

@@ -12,12 +12,17 @@ feedback variables in the layer's scope) and calls the custom-VJP primitive.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import math
 import threading
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax import lax
 
+from fajax import learned
 from fajax import rules as rules_lib
 from fajax.primitives import feedback_conv_general_dilated, feedback_dot_general
 
@@ -76,6 +81,17 @@ def capture_feedback():
   return _flag("capture_feedback")
 
 
+def capture_feedback_grads():
+  """Within this context every layer under a learned-feedback rule sows dObjective/dB.
+
+  The gradient (`rule.feedback_gradient`, from the layer's input of this call) goes to the
+  collection `feedback_grads` at the layer's path, under the name of its feedback variable
+  (`kernel`), summed over calls of a shared layer. Apply with `mutable=["feedback_grads"]`; the
+  train step does, and feeds the result to B's optimizer (`fajax.learned.update_feedback`).
+  """
+  return _flag("capture_feedback_grads")
+
+
 def force_backprop():
   """Within this context every fajax layer uses bp (B = W), whatever its rule says.
 
@@ -94,18 +110,49 @@ def _feedback_for(module, rule, kernel):
   return fb
 
 
+def _learns_feedback(rule) -> bool:
+  """Whether this layer's B is trained in this pass (a learned rule inside the capture context)."""
+  on = getattr(_STATE, "capture_feedback_grads", False)
+  return on and isinstance(rule, rules_lib.LearnedFeedback)
+
+
+def _sow_feedback_grad(module, rule, lhs, rhs, fb, apply, features):
+  """Sows the learned rule's dObjective/dB at the layer's path."""
+  grad = rule.feedback_gradient(module, lhs, rhs, fb, apply, features)
+  module.sow(
+    learned.FEEDBACK_GRADS, "kernel", grad, reduce_fn=lambda a, b: a + b, init_fn=lambda: 0
+  )
+
+
 def _dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
   module, rule = _current()
-  return feedback_dot_general(
-    lhs, rhs, _feedback_for(module, rule, rhs), dimension_numbers, precision, preferred_element_type
-  )
+  fb = _feedback_for(module, rule, rhs)
+  if _learns_feedback(rule):
+    (_, contracting), (_, batch) = dimension_numbers
+    free = [size for axis, size in enumerate(rhs.shape) if axis not in (*contracting, *batch)]
+
+    def apply(x, kernel):
+      return lax.dot_general(x, kernel, dimension_numbers, precision, preferred_element_type)
+
+    _sow_feedback_grad(module, rule, lhs, rhs, fb, apply, math.prod(free))
+  return feedback_dot_general(lhs, rhs, fb, dimension_numbers, precision, preferred_element_type)
 
 
 def _conv_general_dilated(lhs, rhs, *args, **kwargs):
   # Flax passes lax.conv_general_dilated's arguments; the feedback primitive takes the same ones
   # after its `feedback` argument, so they are forwarded as they come.
   module, rule = _current()
-  return feedback_conv_general_dilated(lhs, rhs, _feedback_for(module, rule, rhs), *args, **kwargs)
+  fb = _feedback_for(module, rule, rhs)
+  if _learns_feedback(rule):
+
+    def apply(x, kernel):
+      return lax.conv_general_dilated(x, kernel, *args, **kwargs)
+
+    out = jax.eval_shape(apply, lhs, rhs)
+    dims = inspect.signature(lax.conv_general_dilated).bind(lhs, rhs, *args, **kwargs).arguments
+    spec = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dims.get("dimension_numbers"))
+    _sow_feedback_grad(module, rule, lhs, rhs, fb, apply, out.shape[spec.out_spec[1]])
+  return feedback_conv_general_dilated(lhs, rhs, fb, *args, **kwargs)
 
 
 _FORWARD_STATE = "_fajax_forward_state"

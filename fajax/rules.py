@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
+from fajax import learned
+
 FEEDBACK = "feedback"  # the Flax collection holding feedback state.
 FEEDBACK_RNG = "feedback"  # the rng stream of rules that draw fresh feedback every step.
 
@@ -310,3 +312,131 @@ class FRSF(Rule):
       module, "kernel", lambda: jnp.abs(init(rng, kernel.shape, module.param_dtype))
     )
     return (magnitude.astype(kernel.dtype) * jnp.sign(kernel)).astype(kernel.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnedFeedback(FA):
+  """B starts as fa's and is trained by gradient descent on a local objective (`fajax.learned`).
+
+  The objective is `objective()`, a weighted sum of the primitives of `fajax.learned`, evaluated on
+  the layer's input of the step (or, with `noise_std`, on zero-mean Gaussian noise of x's shape),
+  W and B. The layer sows dObjective/dB inside `fajax.layers.capture_feedback_grads()`; the train
+  step applies B's own optimizer (config.feedback_optimizer, config.feedback_learning_rate).
+
+  Common options:
+    sample_every: the objective sees every k-th example of the batch (k = sample_every): its cost
+      shrinks by k, its estimate gets noisier. 1 uses the whole batch.
+    noise_std: None uses the layer's input; a number replaces it by N(0, noise_std^2) noise.
+  """
+
+  sample_every: int = 1
+  noise_std: float | None = None
+
+  def __post_init__(self):
+    if not (isinstance(self.sample_every, int) and self.sample_every >= 1):
+      raise ValueError(f"{self.name} needs sample_every >= 1 (an int), got {self.sample_every!r}.")
+    if self.noise_std is not None and not float(self.noise_std) >= 0:
+      raise ValueError(f"{self.name} needs noise_std >= 0 or None, got {self.noise_std!r}.")
+    self.objective()  # Checks the terms and coefficients.
+
+  def objective(self) -> learned.Terms:
+    """The objective as ((primitive, coefficient), ...)."""
+    raise NotImplementedError
+
+  def feedback_gradient(self, module, x, kernel, feedback, apply, features):
+    """dObjective/dB on this step's input x (or noise): a kernel-shaped array."""
+    objective = self.objective()
+    if learned.needs_input(objective):
+      x = learned.subsample(x, self.sample_every)
+      if self.noise_std is not None:
+        key = step_rng(module, self.name)
+        x = self.noise_std * jax.random.normal(key, x.shape, jnp.float32)
+    return learned.feedback_gradient(objective, x, kernel, feedback, apply, features)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class WM(LearnedFeedback):
+  """Weight Mirror (Akrout et al. 2019): alpha * decay + beta * amp on Gaussian noise.
+
+  With noise of std s the expected gradient is alpha * B - beta * s^2 * W, so B -> (beta s^2 /
+  alpha) W: the defaults make the fixed point W itself.
+  """
+
+  name: ClassVar[str] = "wm"
+  alpha: float = 1.0
+  beta: float = 1.0
+  noise_std: float | None = 1.0
+  sample_every: int = 4  # a noise batch of batch_size / 4 keeps the step <= 1.3x bp's
+
+  def objective(self):
+    return learned.terms(decay=self.alpha, amp=self.beta)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class SA(LearnedFeedback):
+  """Symmetric Alignment (Kunin et al. 2020): alpha * decay + beta * self; B -> (beta / alpha) W."""
+
+  name: ClassVar[str] = "sa"
+  alpha: float = 1.0
+  beta: float = 1.0
+
+  def objective(self):
+    return learned.terms(decay=self.alpha, self=self.beta)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class AA(LearnedFeedback):
+  """Activation Alignment (Kunin et al. 2020): alpha * sparse + beta * amp on the layer's input.
+
+  The gradient is E[x^T x] (alpha * B - beta * W): B -> (beta / alpha) W on the span of the inputs.
+  """
+
+  name: ClassVar[str] = "aa"
+  alpha: float = 1.0
+  beta: float = 1.0
+  sample_every: int = 4  # keeps the step <= 1.3x bp's (docs/learned_feedback.md)
+
+  def objective(self):
+    return learned.terms(sparse=self.alpha, amp=self.beta)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class IA(LearnedFeedback):
+  """Information Alignment (Kunin et al. 2020): alpha * amp + beta * null + gamma * decay.
+
+  For a dense layer with input covariance S = E[x^T x] the fixed point is
+  B = alpha S W (beta W^T S W + gamma I)^-1: W's singular vectors, rescaled singular values.
+  """
+
+  name: ClassVar[str] = "ia"
+  alpha: float = 1.0
+  beta: float = 1.0
+  gamma: float = 1.0
+  sample_every: int = 8  # three extra maps per layer: keeps the step <= 1.3x bp's
+
+  def objective(self):
+    return learned.terms(amp=self.alpha, null=self.beta, decay=self.gamma)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Learned(LearnedFeedback):
+  """Any objective: `terms` maps primitives of `fajax.learned` to coefficients.
+
+  fajax.rules.get("learned", terms={"decay": 1.0, "amp": 1.0}, noise_std=1.0)  # = wm
+  """
+
+  name: ClassVar[str] = "learned"
+  terms: Any = ()
+
+  def __post_init__(self):
+    # Frozen dataclass: canonicalise a mapping into the hashable, sorted tuple form once.
+    object.__setattr__(self, "terms", learned.terms(self.terms))
+    super().__post_init__()
+
+  def objective(self):
+    return self.terms

@@ -36,7 +36,14 @@ ROWS: dict[str, tuple[str, dict]] = {
   "usf_std": ("uSF (std scale)", {"rule": "usf", "rule_options": {"scale": "std"}}),
   "brsf": ("brSF", {"rule": "brsf"}),
   "frsf": ("frSF", {"rule": "frsf"}),
+  # Learned feedback (docs/learned_feedback.md): Akrout et al. 2019, Kunin et al. 2020.
+  "bp_wm": ("Weight Mirror", {"rule": "wm"}),
+  "bp_sa": ("Symmetric Alignment", {"rule": "sa"}),
+  "bp_aa": ("Activation Alignment", {"rule": "aa"}),
+  "bp_ia": ("Information Alignment", {"rule": "ia"}),
 }
+# The learned-feedback rows, added to every experiment config's sweep.
+LEARNED_ROWS = ("bp_wm", "bp_sa", "bp_aa", "bp_ia")
 
 PAPER_ROWS = list(ROWS)[:12]
 # Kolen-Pollack only aligns B with W through weight decay; rows that leave it at 0 get this.

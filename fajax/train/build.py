@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fajax import layers
 from fajax import rules as rules_lib
 from fajax.train import config as config_lib
 from fajax.train import mesh as mesh_lib
@@ -152,14 +153,17 @@ def build(config, *, model=None, dataset=None, devices=None) -> Experiment:
   module = make_model(config, info, rule, model)
   schedule = optim.make_schedule(config, num_steps)
   tx = optim.make_optimizer(config, schedule)
+  feedback_tx = optim.make_feedback_optimizer(config, num_steps)
   dtype = DTYPES[config.dtype]
 
   def init_fn(rng):
     params_key, dropout_key, feedback_key, state_key = jax.random.split(rng, 4)
     dummy = jnp.zeros((1, *info.image_shape), dtype)
     rngs = {"params": params_key, "dropout": dropout_key, rules_lib.FEEDBACK_RNG: feedback_key}
-    variables = module.init(rngs, dummy, train=False)
-    return state_lib.create(variables, tx, state_key)
+    # Learned-feedback layers sow a B gradient here: its paths tell B's optimizer what it trains.
+    with layers.capture_feedback_grads():
+      variables = module.init(rngs, dummy, train=False)
+    return state_lib.create(variables, tx, state_key, feedback_tx)
 
   key = jax.ShapeDtypeStruct((2,), jnp.uint32)
   shapes = jax.eval_shape(init_fn, key)
@@ -173,6 +177,7 @@ def build(config, *, model=None, dataset=None, devices=None) -> Experiment:
   common = dict(
     model=module,
     tx=tx,
+    feedback_tx=feedback_tx,
     schedule=schedule,
     rule=rule,
     weight_decay=float(config.weight_decay),

@@ -61,6 +61,10 @@ def default_config() -> ml_collections.ConfigDict:
   # kernels only, or of all parameters (biases, batch-norm scales) with weight_decay_on='all'.
   c.weight_decay = 0.0
   c.weight_decay_on = "kernels"
+  # B's optimizer under learned-feedback rules (wm, sa, aa, ia, learned): one of OPTIMIZERS (None:
+  # `optimizer`) at this peak learning rate (None: `learning_rate`) on the same schedule.
+  c.feedback_optimizer = config_dict.placeholder(str)
+  c.feedback_learning_rate = config_dict.placeholder(float)
 
   # Length and batch: set exactly one of num_steps and num_epochs (the other None).
   c.batch_size = 128  # Global batch, over all devices and processes.
@@ -216,6 +220,11 @@ def validate(
     _fail("learning_rate", c.learning_rate, "use a finite number >= 0")
   if not _is_number(c.momentum) or not 0 <= c.momentum < 1:
     _fail("momentum", c.momentum, "use a number in [0, 1)")
+  if c.feedback_optimizer is not None:
+    _check_choice(c, "feedback_optimizer", OPTIMIZERS)
+  lr_b = c.feedback_learning_rate
+  if lr_b is not None and (not _is_number(lr_b) or lr_b < 0):
+    _fail("feedback_learning_rate", lr_b, "use a finite number >= 0 or None")
   if not _is_number(c.weight_decay) or c.weight_decay < 0:
     _fail("weight_decay", c.weight_decay, "use a finite number >= 0")
   if not _is_number(c.lr_decay_factor) or c.lr_decay_factor < 0:

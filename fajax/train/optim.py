@@ -16,10 +16,14 @@ from fajax import constraints as constraints_lib
 from fajax.train.config import parse_constraints
 
 
-def make_schedule(config, num_steps: int) -> optax.Schedule:
-  """The learning rate at each step: linear warmup, then constant, cosine or step decay."""
-  lr = float(config.learning_rate)
-  warmup = int(config.warmup_steps)
+def make_schedule(config, num_steps: int, learning_rate=None, warmup=None) -> optax.Schedule:
+  """The learning rate at each step: linear warmup, then constant, cosine or step decay.
+
+  `learning_rate` and `warmup` replace config.learning_rate (the peak) and config.warmup_steps
+  (B's optimizer uses them).
+  """
+  lr = float(config.learning_rate if learning_rate is None else learning_rate)
+  warmup = int(config.warmup_steps if warmup is None else warmup)
   rest = max(num_steps - warmup, 1)
   if config.lr_schedule == "constant":
     main = optax.constant_schedule(lr)
@@ -55,21 +59,36 @@ def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransforma
     parts.append(constraints_lib.batch_manhattan())
   if wd > 0 and config.optimizer != "adamw":
     parts.append(optax.add_decayed_weights(wd, mask=mask))
-  name = config.optimizer
-  if name == "sgd":
-    parts.append(optax.sgd(schedule))
-  elif name == "momentum":
-    parts.append(optax.sgd(schedule, momentum=config.momentum))
-  elif name == "nesterov":
-    parts.append(optax.sgd(schedule, momentum=config.momentum, nesterov=True))
-  elif name == "adam":
-    parts.append(optax.adam(schedule))
-  elif name == "adamw":
-    parts.append(optax.adamw(schedule, weight_decay=wd, mask=mask))
-  else:
-    raise ValueError(f"config.optimizer = {name!r} is not valid.")
+  parts.append(_optimizer(config, config.optimizer, schedule, wd, mask))
   if "ei" in chosen:
     parts.append(constraints_lib.sign_constraint())
   if "const" in chosen:
     parts.append(constraints_lib.norm_constraint())
   return optax.chain(*parts)
+
+
+def _optimizer(config, name, schedule, wd=0.0, mask=None) -> optax.GradientTransformation:
+  if name == "sgd":
+    return optax.sgd(schedule)
+  if name == "momentum":
+    return optax.sgd(schedule, momentum=config.momentum)
+  if name == "nesterov":
+    return optax.sgd(schedule, momentum=config.momentum, nesterov=True)
+  if name == "adam":
+    return optax.adam(schedule)
+  if name == "adamw":
+    return optax.adamw(schedule, weight_decay=wd, mask=mask)
+  raise ValueError(f"config.optimizer = {name!r} is not valid.")
+
+
+def make_feedback_optimizer(config, num_steps: int) -> optax.GradientTransformation:
+  """B's optimizer for learned-feedback rules: config.feedback_optimizer (None: config.optimizer)
+  at config.feedback_learning_rate (None: W's) on W's schedule shape without its warmup.
+
+  B learns at its full rate from the first step, so that W's warmup is a phase in which B aligns
+  before W moves much (a mirror phase, as Akrout et al. run one before training). No weight decay
+  and no constraints: B's decay is a term of its objective (`decay`); adamw runs as adam.
+  """
+  name = config.get("feedback_optimizer") or config.optimizer
+  schedule = make_schedule(config, num_steps, config.get("feedback_learning_rate"), warmup=0)
+  return _optimizer(config, "adam" if name == "adamw" else name, schedule)

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fajax import learned
+
 Variables = dict[str, Any]
 
 
@@ -24,10 +26,13 @@ class TrainState:
   Attributes:
     step: int32 scalar, the number of updates applied (the next batch is batch `step`).
     params: the `params` collection.
-    feedback: the `feedback` collection (B matrices, fixed scales); updated only by kp layers.
+    feedback: the `feedback` collection (B matrices, fixed scales); updated only by kp layers
+      and by learned-feedback layers (wm, sa, aa, ia, learned).
     batch_stats: the `batch_stats` collection (empty for models without batch norm).
     extra: any other collection `model.init` made, passed to the model unchanged.
     opt_state: the optax state.
+    feedback_opt_state: the optax state of B's optimizer, over the learned B matrices only
+      (empty when no layer learns its feedback).
     rng: uint32[2] base key; step randomness is `fold_in(rng, step)`, so it does not advance.
     skipped: int32 scalar, updates dropped for a non-finite loss (config.on_nan = 'skip').
     nonfinite_step: int32 scalar, the first step whose loss was not finite under
@@ -41,6 +46,7 @@ class TrainState:
   batch_stats: Any
   extra: Any
   opt_state: Any
+  feedback_opt_state: Any
   rng: jax.Array
   skipped: jax.Array
   nonfinite_step: jax.Array
@@ -56,17 +62,32 @@ class TrainState:
 
 
 def split_variables(variables: Variables):
-  """model.init's output -> (params, feedback, batch_stats, extra collections)."""
+  """model.init's output -> (params, feedback, batch_stats, extra collections).
+
+  The `feedback_grads` collection (sown when init ran inside `capture_feedback_grads`) is dropped.
+  """
   variables = dict(variables)
+  variables.pop(learned.FEEDBACK_GRADS, None)
   params = variables.pop("params", {})
   feedback = variables.pop("feedback", {})
   batch_stats = variables.pop("batch_stats", {})
   return params, feedback, batch_stats, variables
 
 
-def create(variables: Variables, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
-  """A fresh state at step 0 from model.init's variables (traceable: used under jit/eval_shape)."""
+def create(
+  variables: Variables,
+  tx: optax.GradientTransformation,
+  rng: jax.Array,
+  feedback_tx: optax.GradientTransformation | None = None,
+) -> TrainState:
+  """A fresh state at step 0 from model.init's variables (traceable: used under jit/eval_shape).
+
+  `feedback_tx` is B's optimizer; the B matrices it trains are those with a gradient in the
+  variables' `feedback_grads` collection (build.py runs init inside capture_feedback_grads).
+  """
+  grads = variables.get(learned.FEEDBACK_GRADS, {})
   params, feedback, batch_stats, extra = split_variables(variables)
+  feedback_tx = feedback_tx or optax.identity()
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,
@@ -74,6 +95,7 @@ def create(variables: Variables, tx: optax.GradientTransformation, rng: jax.Arra
     batch_stats=batch_stats,
     extra=extra,
     opt_state=tx.init(params),
+    feedback_opt_state=learned.init_feedback_state(feedback_tx, feedback, grads),
     rng=rng,
     skipped=jnp.zeros((), jnp.int32),
     nonfinite_step=jnp.full((), -1, jnp.int32),

@@ -3,7 +3,8 @@
 One train step, in order (the big_vision layout): per-step keys from fold_in(rng, step); forward
 with `fajax.apply` (never model.apply: direct-feedback rules route the output error through it);
 softmax cross-entropy; the rule's gradients via `jax.value_and_grad`; the optax update; the
-Kolen-Pollack update of the feedback for kp layers; non-finite handling; metrics. The
+Kolen-Pollack update of the feedback for kp layers; B's optimizer step for learned-feedback layers
+(wm, sa, aa, ia: their gradients are sown by the forward pass); non-finite handling; metrics. The
 diagnostics variant also calls `fajax.diagnostics.alignment_metrics` on the same batch.
 """
 
@@ -17,6 +18,7 @@ import optax
 
 import fajax
 from fajax import constraints as constraints_lib
+from fajax import learned as learned_lib
 from fajax import rules as rules_lib
 
 
@@ -53,6 +55,14 @@ def uses_kp(rule) -> bool:
   return any(uses_kp(r) for _, r in rule.overrides)
 
 
+def uses_learned_feedback(rule) -> bool:
+  """True when some layer may resolve to a learned-feedback rule (wm, sa, aa, ia, learned)."""
+  rule = rules_lib.get(rule)
+  if isinstance(rule, rules_lib.LearnedFeedback):
+    return True
+  return any(uses_learned_feedback(r) for _, r in rule.overrides)
+
+
 def train_step(
   state,
   batch,
@@ -64,6 +74,7 @@ def train_step(
   weight_decay: float,
   on_nan: str,
   diagnostics: bool = False,
+  feedback_tx=None,
 ):
   """One update. Returns (new_state, metrics); pure, so it can be jitted and donated.
 
@@ -75,8 +86,15 @@ def train_step(
   rngs = step_rngs(state.rng, step)
   images, labels = batch["image"], batch["label"]
 
+  learns_feedback = uses_learned_feedback(rule)
+
   def loss_fn(params):
-    logits, mutated = forward(model, state, params, images, rngs, train=True)
+    if not learns_feedback:
+      logits, mutated = forward(model, state, params, images, rngs, train=True)
+    else:  # The layers also sow dObjective/dB from their inputs of this step.
+      with fajax.layers.capture_feedback_grads():
+        mutable = (learned_lib.FEEDBACK_GRADS,)
+        logits, mutated = forward(model, state, params, images, rngs, train=True, mutable=mutable)
     return jnp.mean(cross_entropy(logits, labels)), (logits, mutated)
 
   (loss, (logits, mutated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -89,6 +107,11 @@ def train_step(
   if uses_kp(rule):
     feedback = constraints_lib.kolen_pollack_update(
       rule, feedback, state.params, updates, decay=lr * weight_decay
+    )
+  feedback_opt_state = state.feedback_opt_state
+  if learns_feedback:
+    feedback, feedback_opt_state = learned_lib.update_feedback(
+      feedback_tx, feedback, feedback_opt_state, mutated[learned_lib.FEEDBACK_GRADS]
     )
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -105,6 +128,7 @@ def train_step(
     feedback=feedback,
     batch_stats=mutated.get("batch_stats", state.batch_stats),
     opt_state=opt_state,
+    feedback_opt_state=feedback_opt_state,
   )
   old = {k: getattr(state, k) for k in new}
   new = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, old)

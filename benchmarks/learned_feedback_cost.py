@@ -1,0 +1,91 @@
+"""Train-step time of the learned-feedback rules (wm, sa, aa, ia) against backprop, interleaved.
+
+    python benchmarks/learned_feedback_cost.py                       # mnist_net and resnet20
+    python benchmarks/learned_feedback_cost.py --models mnist_net --rules bp,wm --rounds 5
+
+Times the trainer's own jitted step (`fajax.train.build`: forward, loss, gradients, W's optax
+update, B's objective gradients sown by the forward pass and B's optax update) on one device, on
+a fixed batch of the embedded digits resized to the model's input (mnist_net: 28x28x1, the main
+job's batch 64 and Adam; resnet20: 32x32x3, batch 64, SGD momentum). Each round runs k steps of
+every rule in turn (bp first), so machine drift hits every rule alike; reported: the median step
+time over rounds and its ratio to bp's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import jax
+from hardware_info import cpu_model  # benchmarks/ is the script directory
+
+from fajax import table
+from fajax.train import build as build_lib
+from fajax.train import loop as loop_lib
+
+SETTINGS = {
+  "mnist_net": dict(image_size=28, channels=1, optimizer="adam", learning_rate=1e-3),
+  "resnet20": dict(image_size=32, channels=3, optimizer="momentum", learning_rate=0.1),
+}
+
+
+def make_step(model, rule, batch_size):
+  s = SETTINGS[model]
+  config = table.experiment_config("bp", {"model": model}, runlocal_size=s["image_size"])
+  table.runlocal(config, image_size=s["image_size"], channels=s["channels"])
+  config.update(
+    dict(
+      rule=rule,
+      batch_size=batch_size,
+      optimizer=s["optimizer"],
+      learning_rate=s["learning_rate"],
+      mesh={"data": 1, "model": 1},
+      num_steps=1000,
+    )
+  )
+  exp = build_lib.build(config)
+  state = exp.init(jax.random.PRNGKey(0))
+  batch = next(loop_lib.train_batches(exp, 0))
+  return exp.train_step, state, batch
+
+
+def main(argv):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--models", default="mnist_net,resnet20")
+  parser.add_argument("--rules", default="bp,wm,sa,aa,ia")
+  parser.add_argument("--batch_size", type=int, default=64)
+  parser.add_argument("--rounds", type=int, default=7)
+  parser.add_argument("--steps", type=int, default=5, help="steps timed per rule per round")
+  args = parser.parse_args(argv)
+  rules = args.rules.split(",")
+  print(f"CPU: {cpu_model()}, {jax.device_count()} device(s), batch {args.batch_size}")
+  for model in args.models.split(","):
+    steps = {}
+    for rule in rules:
+      step, state, batch = make_step(model, rule, args.batch_size)
+      for _ in range(2):  # compile and warm up
+        state, metrics = step(state, batch)
+      jax.block_until_ready(metrics)
+      steps[rule] = [step, state, batch]
+    times = {rule: [] for rule in rules}
+    for _ in range(args.rounds):
+      for rule in rules:
+        step, state, batch = steps[rule]
+        start = time.perf_counter()
+        for _ in range(args.steps):
+          state, metrics = step(state, batch)
+        jax.block_until_ready((state, metrics))
+        times[rule].append((time.perf_counter() - start) / args.steps)
+        steps[rule][1] = state
+    base = statistics.median(times[rules[0]])
+    print(f"\n{model}: median step time over {args.rounds} rounds of {args.steps} steps")
+    print(f"| rule | ms/step | ratio to {rules[0]} |\n|---|---|---|")
+    for rule in rules:
+      median = statistics.median(times[rule])
+      print(f"| {rule} | {1000 * median:.1f} | {median / base:.2f} |")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

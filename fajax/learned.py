@@ -1,0 +1,225 @@
+"""Learned feedback: B trained by a local alignment objective (Akrout 2019, Kunin 2020).
+
+A linear layer computes r = x W (W has the kernel's shape); its backward pass sends the input
+cotangent through the feedback B (`fajax.primitives`). The rules `wm`, `sa`, `aa`, `ia` and
+`learned` (`fajax.rules`) train B by gradient descent on an objective that only uses what the
+layer sees: its input x of the step (or noise), W and B. W and x are constants; only B moves.
+
+The objectives are weighted sums of five primitives, E being the mean over the output positions of
+the layer (the examples of the batch for a dense layer; examples x spatial positions for a
+convolution, our reading: then the fixed points below have W's scale for both) and sums running over
+the features:
+
+    decay  = 1/2 ||B||^2                 self  = -sum(W * B)
+    amp    = -E[(x W) . (x B)]           sparse = 1/2 E ||x B||^2
+    null   = 1/2 E ||(x W) B^T||^2
+
+For a convolution, x W is the layer's convolution of x with W, x B the same convolution with B, and
+(x W) B^T the transpose of the convolution with B applied to x W (back to x's shape): the primitives
+call the layer's own `lax.dot_general` / `lax.conv_general_dilated` with its own arguments, so every
+layout, stride, padding, dilation and group count the layer supports is supported here.
+
+A new objective is a tuple of (primitive, coefficient) pairs:
+
+    my_objective = fajax.learned.terms(decay=0.5, amp=1.0)
+    rule = fajax.rules.get("learned", terms=my_objective)      # or terms={"decay": 0.5, "amp": 1.0}
+    fajax.learned.register_primitive("mine", lambda layer: ...)  # a primitive of your own
+
+How B is trained (docs/learned_feedback.md): inside `fajax.layers.capture_feedback_grads()`, every
+layer under a learned rule sows dObjective/dB (`feedback_gradient`, a pure function of x, W, B) into
+the collection `feedback_grads`; the train step applies B's own optax optimizer to those gradients
+(`update_feedback`), next to W's update, inside the same jitted step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+FEEDBACK_GRADS = "feedback_grads"  # the Flax collection where layers sow dObjective/dB.
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """What an objective sees of one layer on one step.
+
+  Attributes:
+    x: the layer's input (or the noise that replaces it), float32.
+    w: the forward kernel W (a constant of the objective), float32.
+    b: the feedback B (the variable), float32.
+    apply: the layer's linear map, apply(x, kernel) (its own primitive and arguments).
+    features: the number of output features of the map (the rest of its output are positions).
+  """
+
+  x: jax.Array
+  w: jax.Array
+  b: jax.Array
+  apply: Callable[[jax.Array, jax.Array], jax.Array]
+  features: int
+
+  # Each product is computed once per Layer and shared by the terms that use it, so that autodiff
+  # sums their cotangents and transposes the map once (two calls would cost two transposes).
+
+  @functools.cached_property
+  def positions(self) -> int:
+    """The number of output positions E averages over: examples (x spatial positions for convs)."""
+    out = jax.eval_shape(self.apply, self.x, self.w)
+    return max(out.size // self.features, 1)
+
+  @functools.cached_property
+  def forward(self) -> jax.Array:
+    """x W: the layer's output (before the bias)."""
+    return self.apply(self.x, self.w)
+
+  @functools.cached_property
+  def backward_projection(self) -> jax.Array:
+    """x B: the layer's map applied with B."""
+    return self.apply(self.x, self.b)
+
+  @functools.cached_property
+  def reconstruction(self) -> jax.Array:
+    """(x W) B^T: x W sent back to x's shape by the transpose of the map with B."""
+    (out,) = jax.linear_transpose(lambda z: self.apply(z, self.b), self.x)(self.forward)
+    return out
+
+
+def _sum(x):
+  return jnp.sum(x.astype(jnp.float32))
+
+
+def decay(layer: Layer):
+  """1/2 ||B||^2 (gradient: B)."""
+  return 0.5 * _sum(jnp.square(layer.b))
+
+
+def self_(layer: Layer):
+  """-sum(W * B) (gradient: -W)."""
+  return -_sum(layer.w * layer.b)
+
+
+def amp(layer: Layer):
+  """-E[(x W) . (x B)] (dense gradient: -x^T x W / n)."""
+  return -_sum(layer.forward * layer.backward_projection) / layer.positions
+
+
+def sparse(layer: Layer):
+  """1/2 E ||x B||^2 (dense gradient: x^T x B / n)."""
+  return 0.5 * _sum(jnp.square(layer.backward_projection)) / layer.positions
+
+
+def null(layer: Layer):
+  """1/2 E ||(x W) B^T||^2 (dense gradient: B W^T x^T x W / n)."""
+  return 0.5 * _sum(jnp.square(layer.reconstruction)) / layer.positions
+
+
+PRIMITIVES: dict[str, Callable[[Layer], jax.Array]] = {
+  "decay": decay,
+  "self": self_,
+  "amp": amp,
+  "sparse": sparse,
+  "null": null,
+}
+
+
+def register_primitive(name: str, fn: Callable[[Layer], jax.Array]) -> None:
+  """Makes `fn(layer) -> scalar` usable as a term of objectives under `name`."""
+  PRIMITIVES[name] = fn
+
+
+Terms = tuple[tuple[str, float], ...]
+
+
+def terms(spec: Mapping[str, float] | Terms | None = None, **coefficients: float) -> Terms:
+  """A canonical (hashable, sorted) objective: terms(decay=1.0, self=1.0) or terms({...}).
+
+  Raises ValueError for an unknown primitive or a non-finite coefficient.
+  """
+  items = dict(spec.items() if hasattr(spec, "items") else (spec or ()))
+  items.update(coefficients)
+  out = []
+  for name, coefficient in sorted(items.items()):
+    if name not in PRIMITIVES:
+      raise ValueError(
+        f"Unknown objective term {name!r}; valid terms are: {', '.join(sorted(PRIMITIVES))}."
+      )
+    coefficient = float(coefficient)
+    if not math.isfinite(coefficient):
+      raise ValueError(f"The coefficient of {name!r} must be finite, got {coefficient!r}.")
+    if coefficient:
+      out.append((name, coefficient))
+  return tuple(out)
+
+
+def value(objective: Terms, layer: Layer) -> jax.Array:
+  """The objective sum(c * primitive(layer)) on one layer."""
+  return sum((c * PRIMITIVES[name](layer) for name, c in objective), jnp.float32(0.0))
+
+
+def needs_input(objective: Terms) -> bool:
+  """Whether any term uses x (decay and self do not: no data work at all)."""
+  return any(name not in ("decay", "self") for name, _ in objective)
+
+
+def feedback_gradient(objective: Terms, x, w, b, apply, features: int) -> jax.Array:
+  """dObjective/dB at (x, W, B), with x and W held constant; in B's dtype.
+
+  Pure and jit-friendly; `apply(x, kernel)` is the layer's linear map with `features` output
+  features. Computed in float32.
+  """
+  x = jax.lax.stop_gradient(x).astype(jnp.float32)
+  w = jax.lax.stop_gradient(w).astype(jnp.float32)
+
+  def objective_of(b):
+    return value(objective, Layer(x=x, w=w, b=b, apply=apply, features=features))
+
+  return jax.grad(objective_of)(b.astype(jnp.float32)).astype(b.dtype)
+
+
+def subsample(x, every: int):
+  """Every `every`-th example of the batch (x's leading axis), as a [n // every, ...] array.
+
+  Taken as x.reshape(n // every, every, ...)[:, 0], so that a batch split over devices stays
+  split evenly (each device keeps its own rows); falls back to the whole batch when `every` does
+  not divide it.
+  """
+  n = x.shape[0]
+  if every <= 1 or n % every:
+    return x
+  return x.reshape((n // every, every, *x.shape[1:]))[:, 0]
+
+
+# -- Training B: the feedback optimizer ------------------------------------------------------------
+
+
+def _flat(tree):
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree) if tree else {})
+
+
+def learned_part(feedback, grads):
+  """The leaves of `feedback` at the paths of `grads` (the learned B matrices), as a nested dict."""
+  flat, wanted = _flat(feedback), _flat(grads)
+  return flax.traverse_util.unflatten_dict({k: flat[k] for k in wanted})
+
+
+def init_feedback_state(tx: optax.GradientTransformation, feedback, grads):
+  """B's optimizer state for the learned part of `feedback` (`grads` gives its paths)."""
+  return tx.init(learned_part(feedback, grads))
+
+
+def update_feedback(tx: optax.GradientTransformation, feedback, opt_state, grads):
+  """(new feedback, new opt_state) after one optimizer step of the learned B on `grads`.
+
+  Leaves of `feedback` without a gradient (fixed feedback, scales, other rules) are unchanged.
+  """
+  part = learned_part(feedback, grads)
+  updates, opt_state = tx.update(grads, opt_state, part)
+  flat = _flat(feedback)
+  flat.update(_flat(optax.apply_updates(part, updates)))
+  return flax.traverse_util.unflatten_dict(flat), opt_state
