@@ -47,7 +47,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "Folder holding one run directory per sweep point.")
 flags.DEFINE_bool("emit_commands", False, "Print one launch/main.py command per point; run none.")
 flags.DEFINE_bool("report", True, "Print and write the table when the sweep is done.")
-flags.DEFINE_list("rows", None, "Run only these table rows of the sweep (default: all).")
+flags.DEFINE_list(
+  "rows", None, "Run these rows of the config (default: the rows of its sweep, get_sweep)."
+)
 flags.DEFINE_integer("seeds", None, "Run seeds 0..N-1 of every point (default: the config's).")
 FLAGS = flags.FLAGS
 DONE_FILE = "done.json"
@@ -103,10 +105,14 @@ def main(argv):
   if FLAGS.seeds is not None:
     points = table.with_seeds(points, FLAGS.seeds)
   if FLAGS.rows:
-    unknown = sorted(set(FLAGS.rows) - {p["row"] for p in points})
+    unknown = sorted(set(FLAGS.rows) - set(module.ROWS))
     if unknown:
-      raise app.UsageError(f"--rows {unknown} are not in this sweep; it has {module.ROWS}.")
-    points = [p for p in points if p["row"] in FLAGS.rows]
+      raise app.UsageError(f"--rows {unknown} are not rows of this config; it has {module.ROWS}.")
+    # A row of the config outside its default sweep (e.g. the learned-feedback rows of the main
+    # job) runs with the seeds of the default sweep.
+    extra = [r for r in FLAGS.rows if r not in {p["row"] for p in points}]
+    seeds = sorted({p["seed"] for p in points}) or [0]
+    points = [p for p in points if p["row"] in FLAGS.rows] + table.sweep(extra, seeds=seeds)
   run_dirs, other_settings = [], []
   for i, point in enumerate(points):
     name = table.point_name(point)
