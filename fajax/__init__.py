@@ -15,7 +15,7 @@ from fajax.layers import Conv, Dense, convert
 
 __version__ = "0.1.0"
 
-_LAZY = ("train", "diagnostics", "plotting", "report", "table")
+_LAZY = ("train", "compile", "diagnostics", "plotting", "report", "table")
 
 
 def __getattr__(name):
