@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
+from fajax import prng
+
 FEEDBACK = "feedback"  # the Flax collection holding feedback state.
 FEEDBACK_RNG = "feedback"  # the rng stream of rules that draw fresh feedback every step.
 
@@ -283,13 +285,16 @@ class USF(Rule):
 class BRSF(Rule):
   """Batchwise random-magnitude sign-concordant feedback: B = |R_t| * sign(W_t), R_t new each step.
 
-  R_t is drawn from W's initializer with the `feedback` rng stream (the same on every device).
+  R_t is drawn from W's initializer with the `feedback` rng stream (the same on every device),
+  its random bits from XLA's Threefry RngBitGenerator (`fajax.prng`: 3-4x cheaper on CPU than
+  JAX's threefry lowering; same initializer distribution, another stream).
   """
 
   name: ClassVar[str] = "brsf"
 
   def feedback(self, module, kernel):
-    r = _kernel_init(module)(step_rng(module, self.name), kernel.shape, jnp.float32)
+    key = prng.xla_threefry(step_rng(module, self.name))
+    r = _kernel_init(module)(key, kernel.shape, jnp.float32)
     return (jnp.abs(r) * jnp.sign(kernel)).astype(kernel.dtype)
 
 
