@@ -206,7 +206,10 @@ class BP(Rule):
 @register
 @dataclasses.dataclass(frozen=True)
 class BPNoise(Rule):
-  """BP + Noise (our reading): B_t = W_t + sigma * std(W_t) * xi_t, fresh Gaussian xi every step."""
+  """BP + Noise (our reading): B_t = W_t + sigma * std(W_t) * xi_t, fresh Gaussian xi every step.
+
+  xi_t's random bits come from XLA's Threefry RngBitGenerator (`fajax.prng`, as for brsf).
+  """
 
   name: ClassVar[str] = "bp_noise"
   sigma: float = 1.0
@@ -216,7 +219,9 @@ class BPNoise(Rule):
       raise ValueError(f"bp_noise needs sigma >= 0, got {self.sigma!r}.")
 
   def feedback(self, module, kernel):
-    xi = jax.random.normal(step_rng(module, self.name), kernel.shape, jnp.float32)
+    xi = jax.random.normal(
+      prng.xla_threefry(step_rng(module, self.name)), kernel.shape, jnp.float32
+    )
     std = jnp.std(kernel.astype(jnp.float32))
     return (kernel.astype(jnp.float32) + self.sigma * std * xi).astype(kernel.dtype)
 
