@@ -391,6 +391,10 @@ def bench_model(args, model, rules):
         times[label].append(runners[label].run(k) / k)
         if "bp" in runners:
           paired[label].append(times[label][-1] / times["bp"][-1])
+    if peers:
+      # Untimed: XLA's worker threads keep spinning a moment after a step, which slowed the first
+      # timed peer entry (bp) by up to 3x on a loaded 2-core machine.
+      next(iter(peers.values())).run(1)
     for rule, peer in peers.items():
       peer_times[rule].append(peer.run(k) / k)
     print(
