@@ -2,9 +2,11 @@
 
 On CPU, jaxlib 0.10's XLA fuses both matmuls and convolutions into YNNPACK kernels by default,
 and a YNNPACK convolution runs on one thread: on 2 cores a conv net's train step ran at CPU time /
-wall time = 1.0. Keeping YNNPACK for the matmuls only (each dot its own YNNPACK fusion) hands the
-convolutions back to XLA's multi-threaded Eigen kernels: the MNIST net's step is about 1.4x faster
-and ResNet-20's about 1.3x (benchmarks/README.md); gradients change by float32 rounding only.
+wall time = 1.0. Keeping YNNPACK for matmuls (each dot its own fusion) and reductions only hands
+the convolutions back to XLA's multi-threaded Eigen kernels: train steps of the MNIST net and
+ResNet-20 are 1.1-1.4x faster on 2 cores (benchmarks/README.md); gradients change by float32
+rounding only. The reductions stay in YNNPACK because XLA's own sum batch-norm statistics slower
+and less accurately.
 
 The options go to each fajax jit through `jax.jit(..., compiler_options=...)`, never into global
 flags, so a user's own jits keep XLA's defaults. An option that the user already sets in
