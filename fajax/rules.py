@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from fajax import learned
+from fajax import learned, prng
 
 FEEDBACK = "feedback"  # the Flax collection holding feedback state.
 FEEDBACK_RNG = "feedback"  # the rng stream of rules that draw fresh feedback every step.
@@ -206,7 +206,10 @@ class BP(Rule):
 @register
 @dataclasses.dataclass(frozen=True)
 class BPNoise(Rule):
-  """BP + Noise (our reading): B_t = W_t + sigma * std(W_t) * xi_t, fresh Gaussian xi every step."""
+  """BP + Noise (our reading): B_t = W_t + sigma * std(W_t) * xi_t, fresh Gaussian xi every step.
+
+  xi_t's random bits come from XLA's Threefry RngBitGenerator (`fajax.prng`, as for brsf).
+  """
 
   name: ClassVar[str] = "bp_noise"
   sigma: float = 1.0
@@ -216,7 +219,9 @@ class BPNoise(Rule):
       raise ValueError(f"bp_noise needs sigma >= 0, got {self.sigma!r}.")
 
   def feedback(self, module, kernel):
-    xi = jax.random.normal(step_rng(module, self.name), kernel.shape, jnp.float32)
+    xi = jax.random.normal(
+      prng.xla_threefry(step_rng(module, self.name)), kernel.shape, jnp.float32
+    )
     std = jnp.std(kernel.astype(jnp.float32))
     return (kernel.astype(jnp.float32) + self.sigma * std * xi).astype(kernel.dtype)
 
@@ -285,13 +290,16 @@ class USF(Rule):
 class BRSF(Rule):
   """Batchwise random-magnitude sign-concordant feedback: B = |R_t| * sign(W_t), R_t new each step.
 
-  R_t is drawn from W's initializer with the `feedback` rng stream (the same on every device).
+  R_t is drawn from W's initializer with the `feedback` rng stream (the same on every device),
+  its random bits from XLA's Threefry RngBitGenerator (`fajax.prng`: 3-4x cheaper on CPU than
+  JAX's threefry lowering; same initializer distribution, another stream).
   """
 
   name: ClassVar[str] = "brsf"
 
   def feedback(self, module, kernel):
-    r = _kernel_init(module)(step_rng(module, self.name), kernel.shape, jnp.float32)
+    key = prng.xla_threefry(step_rng(module, self.name))
+    r = _kernel_init(module)(key, kernel.shape, jnp.float32)
     return (jnp.abs(r) * jnp.sign(kernel)).astype(kernel.dtype)
 
 

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fajax import compile as compile_lib
 from fajax import layers
 from fajax import rules as rules_lib
 from fajax.train import config as config_lib
@@ -174,6 +175,8 @@ def build(config, *, model=None, dataset=None, devices=None) -> Experiment:
   _check_feedback_budget(config, module, info, abstract_state)
   replicated = mesh_lib.replicated(mesh)
   batch_sharding = mesh_lib.batch_sharding(mesh)
+  # Every jit below gets fajax's CPU compiler options (None off CPU or with config.fast_cpu off).
+  options = compile_lib.compiler_options(config.fast_cpu, mesh.devices.flat[0].platform)
   common = dict(
     model=module,
     tx=tx,
@@ -182,6 +185,7 @@ def build(config, *, model=None, dataset=None, devices=None) -> Experiment:
     rule=rule,
     weight_decay=float(config.weight_decay),
     on_nan=config.on_nan,
+    compiler_options=options,
   )
   train_step = step_lib.jit_train_step(state_sharding, batch_sharding, replicated, **common)
   diagnostics_step = None
@@ -199,13 +203,15 @@ def build(config, *, model=None, dataset=None, devices=None) -> Experiment:
     rule=rule,
     schedule=schedule,
     tx=tx,
-    init=jax.jit(init_fn, out_shardings=state_sharding),
+    init=jax.jit(init_fn, out_shardings=state_sharding, compiler_options=options),
     abstract_state=abstract_state,
     state_sharding=state_sharding,
     batch_sharding=batch_sharding,
     train_step=train_step,
     diagnostics_step=diagnostics_step,
-    eval_step=step_lib.jit_eval_step(state_sharding, batch_sharding, replicated, model=module),
+    eval_step=step_lib.jit_eval_step(
+      state_sharding, batch_sharding, replicated, model=module, compiler_options=options
+    ),
     process_batch=config.batch_size // processes,
     process_eval_batch=eval_batch_size(config) // processes,
   )

@@ -20,7 +20,8 @@ from fajax.train import mesh as mesh_lib
 from fajax.train import state as state_lib
 
 
-def _memory(compiled) -> dict[str, int] | None:
+def memory_bytes(compiled) -> dict[str, int] | None:
+  """Bytes XLA plans for a compiled executable (None where the backend does not say)."""
   stats = compiled.memory_analysis()
   if stats is None:
     return None
@@ -31,7 +32,8 @@ def _memory(compiled) -> dict[str, int] | None:
   return out
 
 
-def _flops(compiled) -> float | None:
+def flops(compiled) -> float | None:
+  """FLOPs of one run of a compiled executable, from XLA's cost analysis (None if unknown)."""
   cost = compiled.cost_analysis()
   if isinstance(cost, list | tuple):  # Older JAX: one dict per computation.
     cost = cost[0] if cost else None
@@ -61,7 +63,7 @@ def dry_run(config, *, model=None, dataset=None, devices=None) -> dict[str, Any]
   start = time.perf_counter()
   compiled = exp.train_step.lower(exp.abstract_state, batch).compile()
   seconds = time.perf_counter() - start
-  flops = _flops(compiled)
+  step_flops = flops(compiled)
   num_devices = exp.mesh.devices.size
   shardings = {f"state/{k}": v for k, v in mesh_lib.describe(exp.abstract_state).items()}
   shardings.update({f"batch/{k}": v for k, v in mesh_lib.describe(batch).items()})
@@ -74,9 +76,9 @@ def dry_run(config, *, model=None, dataset=None, devices=None) -> dict[str, Any]
     "num_params": sum(int(x.size) for x in _leaves(exp.abstract_state.params)),
     "state_bytes": state_lib.num_bytes(exp.abstract_state),
     "feedback_bytes": state_lib.num_bytes(exp.abstract_state.feedback),
-    "memory_per_device": _memory(compiled),
-    "flops_per_device": flops,
-    "flops_per_step": None if flops is None else flops * num_devices,
+    "memory_per_device": memory_bytes(compiled),
+    "flops_per_device": step_flops,
+    "flops_per_step": None if step_flops is None else step_flops * num_devices,
     "compile_seconds": seconds,
     "shardings": shardings,
   }

@@ -186,19 +186,24 @@ def eval_step(state, batch, *, model):
   }
 
 
-def jit_train_step(state_sharding, batch_sharding, replicated, **kwargs):
-  """train_step jitted with the state donated and sharded, the batch over 'data'."""
+def jit_train_step(state_sharding, batch_sharding, replicated, compiler_options=None, **kwargs):
+  """train_step jitted with the state donated and sharded, the batch over 'data'.
+
+  compiler_options: XLA options of this jit (`fajax.compile.compiler_options`), or None.
+  """
   return jax.jit(
     functools.partial(train_step, **kwargs),
     in_shardings=(state_sharding, batch_sharding),
     out_shardings=(state_sharding, replicated),
     donate_argnums=(0,),
+    compiler_options=compiler_options,
   )
 
 
-def jit_eval_step(state_sharding, batch_sharding, replicated, *, model):
+def jit_eval_step(state_sharding, batch_sharding, replicated, *, model, compiler_options=None):
   return jax.jit(
     functools.partial(eval_step, model=model),
     in_shardings=(state_sharding, batch_sharding),
     out_shardings=replicated,
+    compiler_options=compiler_options,
   )
