@@ -498,8 +498,11 @@ def test_small_nets_train_step_every_rule(name, rule):
 @pytest.mark.parametrize("name", BIG)
 def test_big_nets_train_step_layer_local_rules_mixed(name):
   model = _mixed_model(name)
-  assigned = {model.rule.resolve(p).name for p in _kernel_paths(name)}
-  assert assigned == set(MIXED_RULES)  # every layer-local rule trains some layers
+  layers = _kernel_paths(name)
+  assigned = {model.rule.resolve(p).name for p in layers}
+  # Every layer-local rule trains some layers (the first len(layers) of them on nets with fewer
+  # layers than rules: AlexNet's 8).
+  assert assigned == set(MIXED_RULES[: len(layers)])
   if name in TRACED_MIXED:
     _check_traced(name, model)
   else:
