@@ -57,5 +57,12 @@ XLA_THREEFRY = jex_random.define_prng_impl(
 
 
 def xla_threefry(key):
-  """The key with the same bits whose random_bits come from XLA's RngBitGenerator (Threefry)."""
-  return jax.random.wrap_key_data(jax.random.key_data(key), impl=XLA_THREEFRY)
+  """The key with the same bits whose random_bits come from XLA's RngBitGenerator (Threefry).
+
+  Keys of other implementations ('rbg', 'unsafe_rbg': already XLA's RngBitGenerator, 4 words)
+  are returned as they are.
+  """
+  data = jax.random.key_data(key)
+  if data.shape[-1:] != (2,):
+    return key
+  return jax.random.wrap_key_data(data, impl=XLA_THREEFRY)

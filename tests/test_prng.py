@@ -100,3 +100,13 @@ def test_brsf_is_the_same_with_kernels_split_over_devices():
   assert split["Dense_0"]["kernel"].addressable_shards[0].data.shape == (512, 128)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # Summation order only.
+
+
+def test_keys_of_other_implementations_pass_through():
+  """rbg keys (4 words, already XLA's RngBitGenerator) are left as they are: brsf runs on them."""
+  for impl in ("rbg", "unsafe_rbg"):
+    key = jax.random.key(3, impl=impl)
+    assert prng.xla_threefry(key) is key
+  key = jax.random.key(3, impl="threefry2x32")
+  same_bits = jax.random.key_data(prng.xla_threefry(key))
+  assert (same_bits == jax.random.key_data(key)).all()
