@@ -13,9 +13,10 @@ FA-uSF Init. E/I, DFA and BP + Alignment (Kolen-Pollack); 7 rows x 4 depths x 3 
 
 The report (workdir/report.md, depth.png) gives test error vs depth per rule, mean ± std over
 seeds. CPU time of the whole study: 41 min (2,177 s user + 310 s sys) on a 2-core Intel Xeon,
-2026-12-01; about 45 min of wall time on 2 quiet cores. Expected test error (%, mean of 3 seeds,
-RESULTS.md): BP 4.1 / 3.2 / 3.0 / 4.2 at depth 2 / 4 / 8 / 16; FA 10.2 / 11.8 / 16.7 / 40.8;
-FA-uSF SN 4.1 / 3.7 / 3.9 / 7.0; DFA 13.6 / 11.7 / 17.2 / 41.4.
+2026-12-01 (88 min wall while other jobs shared the cores; not yet timed on a quiet machine).
+Expected test error (%, mean of 3 seeds, RESULTS.md) at depth 2 / 4 / 8 / 16: BP 4.1 / 3.2 /
+3.0 / 4.2; FA 10.2 / 11.8 / 16.7 / 40.8; FA-uSF SN 4.1 / 3.7 / 3.9 / 7.0; DFA 13.6 / 11.7 /
+17.2 / 41.4.
 """
 
 from fajax import table
