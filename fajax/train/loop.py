@@ -248,14 +248,20 @@ def _train(exp: build_lib.Experiment, workdir: str, callbacks: Sequence[Callback
   return state
 
 
-def _stop_preempted(step, state, ckpt, save, num_steps, signal_name) -> None:
-  """Saves `step` synchronously (after any save in flight), logs where it stopped, raises."""
-  if ckpt.saving():
-    logging.info("Preempted: waiting for the checkpoint save in flight.")
+def _save_now(ckpt, save, step, state) -> None:
+  """Saves `state` as `step` synchronously, after any save in flight, unless that step is
+  already the newest checkpoint."""
   ckpt.wait()
   if ckpt.latest_step() != step:
     save(step, state)
     ckpt.wait()
+
+
+def _stop_preempted(step, state, ckpt, save, num_steps, signal_name) -> None:
+  """Saves `step` synchronously (after any save in flight), logs where it stopped, raises."""
+  if ckpt.saving():
+    logging.info("Preempted: waiting for the checkpoint save in flight.")
+  _save_now(ckpt, save, step, state)
   message = preemption.stop_message(signal_name, step, num_steps, ckpt.directory)
   logging.warning(message)
   raise preemption.Preempted(step, message)
@@ -268,10 +274,7 @@ def _stop_if_nonfinite(metrics, state, ckpt, save, exp, workdir) -> None:
     return
   # Updates froze at the first bad step, so `state` is the good state after `bad` updates. It is
   # saved without the non-finite flag, and marked, so that both remedies can resume from it.
-  ckpt.wait()
-  if ckpt.latest_step() != bad:
-    save(bad, resume_lib.clear_nonfinite(state, exp.state_sharding))
-    ckpt.wait()
+  _save_now(ckpt, save, bad, resume_lib.clear_nonfinite(state, exp.state_sharding))
   resume_lib.mark_nonfinite(workdir, bad + 1, bad)
   raise NonFiniteLossError(
     f"Loss became non-finite at step {bad + 1}; the last good checkpoint (step {bad}) is in "
@@ -282,10 +285,7 @@ def _stop_if_nonfinite(metrics, state, ckpt, save, exp, workdir) -> None:
 def _stop_skip_storm(step, state, ckpt, save, skips, workdir) -> None:
   """Raises NonFiniteLossError after config.max_consecutive_skips skipped steps in a row."""
   # Skipped updates left the parameters as they were before the storm: save them at this step.
-  ckpt.wait()
-  if ckpt.latest_step() != step:
-    save(step, state)
-    ckpt.wait()
+  _save_now(ckpt, save, step, state)
   # The parameters went bad in the update before the streak's first step.
   resume_lib.mark_nonfinite(workdir, skips.first_step, step, diverged_at=skips.first_step - 1)
   raise NonFiniteLossError(
