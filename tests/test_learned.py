@@ -13,7 +13,16 @@ import numpy as np
 import optax
 import pytest
 from jax import lax
-from test_train import TinyNet, assert_trees_equal, records, run, step_losses, tiny_config
+from test_train import (
+  Interrupt,
+  TinyNet,
+  _interrupt_at,
+  assert_trees_equal,
+  records,
+  run,
+  step_losses,
+  tiny_config,
+)
 
 import fajax
 from fajax import layers, learned, rules
@@ -284,18 +293,6 @@ def test_feedback_optimizer_defaults_and_validation():
     fajax.train.validate(config)
 
 
-class _Interrupt(Exception):
-  pass
-
-
-def _interrupt_at(step):
-  def callback(s, state, metrics):
-    if s == step:
-      raise _Interrupt(f"forced stop after step {s}")
-
-  return callback
-
-
 def test_kill_and_resume_is_exact_and_diagnostics_see_the_angle_fall(tmp_path):
   config = lambda: tiny_config(
     rule="wm",
@@ -308,7 +305,7 @@ def test_kill_and_resume_is_exact_and_diagnostics_see_the_angle_fall(tmp_path):
     mesh={"data": 1, "model": 1},  # sharding is the test above's
   )
   full = run(config(), tmp_path / "full")
-  with pytest.raises(_Interrupt):
+  with pytest.raises(Interrupt):
     run(config(), tmp_path / "killed", callbacks=[_interrupt_at(4)])
   steps = checkpoint_lib.Checkpointer(str(tmp_path / "killed" / "checkpoints")).all_steps()
   assert steps[-1] == 3
