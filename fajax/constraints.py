@@ -51,7 +51,7 @@ def batch_manhattan() -> optax.GradientTransformation:
     del params
     return _map_kernels(jnp.sign, updates), state
 
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
 class SignConstraintState(NamedTuple):

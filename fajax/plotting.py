@@ -16,7 +16,6 @@ with a band of one standard deviation.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -25,8 +24,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from fajax import diagnostics
+from fajax.train import paths
+from fajax.train.metrics import read_metrics  # noqa: F401 (the records these figures draw)
 
-METRICS_FILE = "metrics.jsonl"
 ANGLES = ("update_angle", "delta_angle", "wb_angle")
 ANGLE_TITLES = {
   "update_angle": "update angle to backprop",
@@ -41,27 +41,6 @@ PALETTE = (
   "#bcbd22", "#7f7f7f", "#393b79", "#ad494a", "#637939", "#8c6d31", "#7b4173", "#3182bd",
   "#e6550d", "#31a354", "#756bb1", "#636363",
 )  # fmt: skip
-
-
-def read_metrics(workdir_or_path: str | os.PathLike) -> list[dict]:
-  """The records of a metrics.jsonl file (or of `<workdir>/metrics.jsonl`), in file order.
-
-  Uses the trainer's reader (`fajax.train.metrics.read_jsonl`) when it is installed.
-  """
-  path = os.fspath(workdir_or_path)
-  if os.path.isdir(path):
-    path = os.path.join(path, METRICS_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-      f"No metrics file at {path}: pass a run's workdir (holding {METRICS_FILE}) "
-      "or the file itself."
-    )
-  try:
-    from fajax.train.metrics import read_jsonl
-  except ImportError:  # the library without its trainer: the format is one JSON object a line
-    with open(path) as f:
-      return [json.loads(line) for line in f if line.strip()]
-  return read_jsonl(path)
 
 
 def _natural_key(text: str):
@@ -155,8 +134,6 @@ def save_figure(plt, fig, path, title: str | None, note: str | None = None) -> s
     fig.text(0.01, 0.005, note, fontsize=8, color="0.35", ha="left", va="bottom")
   right = 1 - 2.0 / fig.get_figwidth() if handles else 1
   fig.tight_layout(rect=(0, 0.03 if note else 0, right, 1))
-  from fajax.train import paths  # A local file or a gs:// object alike.
-
   path = os.fspath(path)
   if os.path.dirname(path):
     paths.makedirs(os.path.dirname(path))

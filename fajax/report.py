@@ -12,19 +12,16 @@ import json
 import numpy as np
 
 from fajax import table
+from fajax.train import metrics as metrics_lib
 from fajax.train import paths as paths_lib
+from fajax.train.metrics import METRICS_FILE  # noqa: F401 (the run files this module reads)
 
 EXPERIMENT_FILE = "experiment.json"
-METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(run_dir: str) -> list[dict]:
   """The records of `<run_dir>/metrics.jsonl` (an empty list if there are none)."""
-  path = paths_lib.join(run_dir, METRICS_FILE)
-  if not paths_lib.exists(path):
-    return []
-  with paths_lib.open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return metrics_lib.read_metrics(run_dir, missing_ok=True)
 
 
 def read_run(run_dir: str) -> dict | None:

@@ -34,8 +34,7 @@ import pytest
 
 import fajax
 from fajax import direct, models, rules
-from fajax.models import layers as model_layers
-from fajax.models import stats
+from fajax.models import blocks, stats
 
 KEY_IMPL = "unsafe_rbg"
 BATCH = 2
@@ -656,9 +655,9 @@ def _pool_and_vjp(xs, cots):
   """(ours, nn.max_pool) forward values and input cotangents for each input, in one compile."""
   results = []
   for x, cot in zip(xs, cots, strict=True):
-    y, vjp = jax.vjp(model_layers.max_pool_2x2, x)
+    y, vjp = jax.vjp(blocks.max_pool_2x2, x)
     y_ref, vjp_ref = jax.vjp(_ref_pool, x)
-    results.append((y, vjp(cot)[0], y_ref, vjp_ref(cot)[0], model_layers.max_pool(x, 2, 2)))
+    results.append((y, vjp(cot)[0], y_ref, vjp_ref(cot)[0], blocks.max_pool(x, 2, 2)))
   return results
 
 
@@ -706,24 +705,24 @@ def test_max_pool_2x2_ties_go_to_the_first_maximum():
 
 def test_max_pool_2x2_nan_and_bad_shapes():
   x = jnp.zeros((1, 2, 2, 1)).at[0, 1, 0, 0].set(jnp.nan)
-  assert np.isnan(model_layers.max_pool_2x2(x)).all()
+  assert np.isnan(blocks.max_pool_2x2(x)).all()
   assert np.isnan(_ref_pool(x)).all()
   with pytest.raises(ValueError, match="NHWC"):
-    model_layers.max_pool_2x2(jnp.zeros((4, 4, 1)))
+    blocks.max_pool_2x2(jnp.zeros((4, 4, 1)))
   with pytest.raises(ValueError, match=">= 2"):
-    model_layers.max_pool_2x2(jnp.zeros((1, 1, 4, 1)))
+    blocks.max_pool_2x2(jnp.zeros((1, 1, 4, 1)))
 
 
 def test_adaptive_avg_pool_matches_pytorch_bins():
   # PyTorch bins for 5 -> 3: [0, 2), [1, 4), [3, 5); for 2 -> 3: [0, 1), [0, 2), [1, 2).
   x = jnp.arange(10, dtype=jnp.float32).reshape(1, 5, 2, 1)
-  y = model_layers.adaptive_avg_pool(x, (3, 3))[0, :, :, 0]
+  y = blocks.adaptive_avg_pool(x, (3, 3))[0, :, :, 0]
   rows = [[0, 1], [1, 2, 3], [3, 4]]
   cols = [[0], [0, 1], [1]]
   expected = [[np.mean([2 * r + c for r in rs for c in cs]) for cs in cols] for rs in rows]
   np.testing.assert_allclose(y, expected, rtol=1e-6)
   z = jnp.ones((2, 6, 6, 3))
-  assert model_layers.adaptive_avg_pool(z, (6, 6)) is z
+  assert blocks.adaptive_avg_pool(z, (6, 6)) is z
 
 
 def test_forward_flops_of_mnist_net_by_hand():

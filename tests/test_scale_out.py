@@ -113,7 +113,7 @@ def _reference(workdir, num_steps, cache_dir, **overrides):
 
 def _records(workdir):
   path = os.path.join(workdir, metrics_lib.METRICS_FILE)
-  return metrics_lib.read_jsonl(path, drop_timing=True)
+  return metrics_lib.read_metrics(path, drop_timing=True)
 
 
 def _restore(config, checkpoints):

@@ -4,6 +4,8 @@ conftest.py gives 8 fake CPU devices. Runs use the embedded `digits` set (8x8) a
 injected through `model=` so that each run compiles in about a second.
 """
 
+import glob
+import gzip
 import json
 import os
 
@@ -84,7 +86,7 @@ def run(config, workdir, model=TinyNet, **kwargs):
 
 def records(workdir, split="train"):
   path = os.path.join(workdir, metrics_lib.METRICS_FILE)
-  return [r for r in metrics_lib.read_jsonl(path, drop_timing=True) if r["split"] == split]
+  return [r for r in metrics_lib.read_metrics(path, drop_timing=True) if r["split"] == split]
 
 
 def host(tree):
@@ -122,6 +124,7 @@ def test_default_config_is_valid():
     ("dataset", "imagenet22k", "choose one of"),
     ("model", "transformer", "choose one of"),
     ("warmup_steps", 5000, "fewer than num_steps"),
+    ("profile_steps", -1, "integer >= 0"),
   ],
 )
 def test_validate_names_the_field_and_choices(field, value, expected):
@@ -433,12 +436,37 @@ def test_run_writes_config_events_and_metrics(tmp_path):
   assert saved["dataset"] == "digits" and saved["num_steps"] == 3
   assert json.loads((tmp_path / "run.json").read_text())["mesh"] == {"data": 8, "model": 1}
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
-  first = metrics_lib.read_jsonl(str(tmp_path / "metrics.jsonl"))[0]
+  first = metrics_lib.read_metrics(str(tmp_path / "metrics.jsonl"))[0]
   for key in ("loss", "top1_error", "learning_rate", "step_time", "images_per_sec", "grad_norm"):
     assert key in first
   (test,) = records(tmp_path, "test")
   assert test["num_examples"] == data_lib.info("digits").num_test
   assert 0.0 <= test["top1_error"] <= 1.0
+
+
+def _traced_steps(workdir) -> tuple[list[str], set[int]]:
+  """The trace files under <workdir>/profile/ and the steps their "train" annotations mark."""
+  files = glob.glob(os.path.join(workdir, "profile", "**", "*"), recursive=True)
+  files = [f for f in files if f.endswith((".xplane.pb", "trace.json.gz"))]
+  steps = set()
+  for path in files:
+    if path.endswith("perfetto_trace.json.gz"):
+      with gzip.open(path) as f:
+        trace = json.load(f)
+      events = trace["traceEvents"] if isinstance(trace, dict) else trace
+      steps |= {int(e["args"]["step_num"]) for e in events if e.get("name") == "train"}
+  return files, steps
+
+
+def test_profile_steps_trace_the_steps_after_the_first(tmp_path):
+  run(tiny_config(num_steps=5, profile_steps=2), tmp_path / "on")
+  files, steps = _traced_steps(tmp_path / "on")
+  assert any(f.endswith(".xplane.pb") for f in files)  # TensorBoard's profile plugin.
+  assert any(f.endswith("perfetto_trace.json.gz") for f in files)  # ui.perfetto.dev.
+  assert all(os.path.getsize(f) > 0 for f in files)
+  assert steps == {2, 3}  # Step 1 compiles; the trace covers the next profile_steps steps.
+  run(tiny_config(num_steps=5), tmp_path / "off")
+  assert not os.path.exists(tmp_path / "off" / "profile")
 
 
 # -- Dry run --------------------------------------------------------------------------------------

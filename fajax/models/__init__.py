@@ -25,8 +25,8 @@ from typing import Any
 import flax.linen as nn
 
 from fajax.models.alexnet import AlexNet
+from fajax.models.blocks import adaptive_avg_pool, max_pool, max_pool_2x2, with_rule
 from fajax.models.convnets import VGG, Arch1, LeNet, MnistNet
-from fajax.models.layers import adaptive_avg_pool, max_pool, max_pool_2x2, with_rule
 from fajax.models.resnet import BasicBlock, Bottleneck, CifarResNet, ResNet
 
 

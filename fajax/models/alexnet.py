@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fajax import layers as fajax_layers
-from fajax.models.layers import ModuleDef, adaptive_avg_pool, flatten, max_pool, with_rule
+from fajax.models.blocks import ModuleDef, adaptive_avg_pool, flatten, max_pool, with_rule
 
 # PyTorch's default Linear/Conv2d weight init (kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in))),
 # which torchvision's AlexNet keeps. Biases start at zero (PyTorch draws them uniformly).

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fajax import layers as fajax_layers
-from fajax.models.layers import ModuleDef, flatten, max_pool, max_pool_2x2, with_rule
+from fajax.models.blocks import ModuleDef, flatten, max_pool, max_pool_2x2, with_rule
 
 ARCH1_POOLINGS = ("3x3s2", "2x2")
 

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fajax import layers as fajax_layers
-from fajax.models.layers import ModuleDef, max_pool, with_rule
+from fajax.models.blocks import ModuleDef, max_pool, with_rule
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu") for convs; the classifier keeps
 # PyTorch's default U(+-1/sqrt(fan_in)) (biases start at zero here).

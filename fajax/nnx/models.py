@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fajax.models import resnet
-from fajax.models.layers import flatten, max_pool_2x2
+from fajax.models.blocks import flatten, max_pool_2x2
 
 INPUT_SHAPES = {"mnist_net": (28, 28, 1), "resnet20": (32, 32, 3)}
 

@@ -120,7 +120,13 @@ def _check_feedback_budget(config, module, info, abstract_state):
 
 
 def build(config, *, model=None, dataset=None, devices=None) -> Experiment:
-  """Validates `config` and assembles the run (no compilation, no state allocation).
+  """Validates `config` and assembles the run (`assemble`: no compilation, no allocation)."""
+  config_lib.validate(config, check_dataset=dataset is None, check_model=model is None)
+  return assemble(config, model=model, dataset=dataset, devices=devices)
+
+
+def assemble(config, *, model=None, dataset=None, devices=None) -> Experiment:
+  """Assembles the run of a validated `config` (no compilation, no state allocation).
 
   Args:
     config: a trainer config (see `fajax.train.default_config`).
@@ -130,7 +136,6 @@ def build(config, *, model=None, dataset=None, devices=None) -> Experiment:
       `get(name, split, batch_size, *, seed, data_dir, start_step, **options)` like fajax.data.
     devices: the devices of the mesh (default jax.devices()).
   """
-  config_lib.validate(config, check_dataset=dataset is None, check_model=model is None)
   if dataset is None:
     from fajax import data as dataset
   info = dataset.info(config.dataset, **dict(config.dataset_options))

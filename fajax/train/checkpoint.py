@@ -19,6 +19,7 @@ import os
 import time
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -134,8 +135,6 @@ class Checkpointer:
     reopens the manager; returns the new path."""
     target = os.path.join(os.path.dirname(self.directory), folder, f"{step}-{int(time.time())}")
     source = os.path.join(self.directory, str(step))
-    import jax
-
     if jax.process_index() == 0 and paths.exists(source):
       paths.makedirs(os.path.dirname(target))
       paths.move(source, target)
@@ -160,8 +159,6 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
   """{'params/Dense_0/kernel': (64, 16), ...} for arrays, abstract arrays or orbax metadata."""
   if tree is None:
     return {}
-  import jax
-
   return {
     "/".join(_key(k) for k in path): tuple(getattr(leaf, "shape", ()))
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree)

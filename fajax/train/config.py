@@ -15,6 +15,9 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from fajax import data as data_lib
+from fajax import models as models_lib
+from fajax import rules as rules_lib
 from fajax.train.errors import UserError
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
@@ -81,6 +84,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint_async = True  # Save in a background thread while training continues.
   c.diagnostics_every = 0  # Alignment angles against true backprop (fajax.diagnostics).
   c.progress_bar = True  # tqdm bar with ETA when stderr is a terminal.
+  # Trace this many steps, from the second step a run takes (after the compiling first), with
+  # jax.profiler into <workdir>/profile/ (TensorBoard's profile plugin, Perfetto); 0: off.
+  c.profile_steps = 0
 
   c.seed = 0  # Parameters, feedback, dropout, per-step feedback and data order.
 
@@ -171,7 +177,22 @@ def validate(
   trainer). Checks that need the devices (batch vs mesh) are done by `fajax.train.mesh` and
   `fajax.train.build`, still before any compilation.
   """
-  c = config
+  _check_fields(config)
+  _check_rule(config)
+  if check_dataset:
+    _check_dataset(config)
+  if check_model:
+    _check_choice(config, "model", tuple(models_lib.names()))
+  _check_constraints(config)
+  _check_optimizer(config)
+  _check_length(config)
+  _check_intervals(config)
+  _check_mesh(config)
+  _check_budget(config)
+
+
+def _check_fields(c) -> None:
+  """Exactly the fields of default_config(): no unknown one (a typo), none missing."""
   known = set(default_config().keys())
   unknown = sorted(set(c.keys()) - known)
   if unknown:
@@ -182,9 +203,9 @@ def validate(
       f"config.{missing[0]} is missing; build configs from fajax.train.default_config()."
     )
 
-  # Names against registries.
-  from fajax import rules as rules_lib
 
+def _check_rule(c) -> None:
+  """The rule's name, the option dicts, and the rule's options and overrides (rules.get)."""
   _check_choice(c, "rule", tuple(rules_lib.names()))
   for field in ("rule_options", "model_options", "dataset_options", "overrides", "mesh"):
     _check_options(c, field)
@@ -192,28 +213,26 @@ def validate(
     rules_lib.get(c.rule, **dict(c.rule_options), overrides=dict(c.overrides))
   except ValueError as e:
     raise UserError(f"config.rule_options / config.overrides are not valid: {e}") from None
-  data_lib = None
-  if check_dataset:
-    from fajax import data as data_lib
-  if data_lib is not None:
-    _check_choice(c, "dataset", tuple(data_lib.names()))
-    try:
-      data_lib.info(c.dataset, **dict(c.dataset_options))
-    except ValueError as e:
-      raise UserError(f"config.dataset_options are not valid: {e}") from None
-  model_names = None
-  if check_model:
-    from fajax import models as models_lib
 
-    model_names = tuple(models_lib.names())
-  if model_names is not None:
-    _check_choice(c, "model", model_names)
 
+def _check_dataset(c) -> None:
+  """The dataset's name and options against the registry (fajax.data)."""
+  _check_choice(c, "dataset", tuple(data_lib.names()))
+  try:
+    data_lib.info(c.dataset, **dict(c.dataset_options))
+  except ValueError as e:
+    raise UserError(f"config.dataset_options are not valid: {e}") from None
+
+
+def _check_constraints(c) -> None:
   for item in parse_constraints(c.constraints):
     if item not in CONSTRAINTS:
       valid = f"use a comma-separated subset of {', '.join(CONSTRAINTS)}"
       _fail("constraints", c.constraints, valid)
 
+
+def _check_optimizer(c) -> None:
+  """The optimizers, the learning rates and their schedule, weight decay, dtype and NaN policy."""
   _check_choice(c, "optimizer", OPTIMIZERS)
   _check_choice(c, "lr_schedule", LR_SCHEDULES)
   _check_choice(c, "dtype", DTYPES)
@@ -239,6 +258,9 @@ def validate(
   if c.lr_schedule == "warmup_cosine" and c.warmup_steps == 0:
     _fail("warmup_steps", 0, "'warmup_cosine' needs warmup_steps >= 1 (or use 'cosine')")
 
+
+def _check_length(c) -> None:
+  """The batch sizes, and exactly one of num_steps and num_epochs (longer than the warmup)."""
   _check_int(c, "batch_size", 1)
   _check_int(c, "eval_batch_size", 1, allow_none=True)
   if (c.num_steps is None) == (c.num_epochs is None):
@@ -253,15 +275,22 @@ def validate(
     _fail("num_epochs", c.num_epochs, "use a number > 0 or None")
   if c.num_steps is not None and c.warmup_steps >= c.num_steps:
     _fail("warmup_steps", c.warmup_steps, f"use fewer than num_steps = {c.num_steps}")
+
+
+def _check_intervals(c) -> None:
+  """The intervals, counts, seed and on/off switches."""
   for field in ("log_every", "eval_every", "checkpoint_every", "diagnostics_every"):
     _check_int(c, field, 0)
   _check_int(c, "keep_checkpoints", 1)
   _check_int(c, "max_consecutive_skips", 0)
+  _check_int(c, "profile_steps", 0)
   _check_int(c, "seed", 0)
   for field in ("checkpoint_async", "distributed", "progress_bar", "fast_cpu"):
     if not isinstance(c[field], bool):
       _fail(field, c[field], "use True or False")
 
+
+def _check_mesh(c) -> None:
   mesh = dict(c.mesh)
   if not mesh or set(mesh) - set(MESH_AXES):
     _fail("mesh", mesh, f"use a dict with axes from {MESH_AXES}, e.g. {{'data': -1, 'model': 1}}")
@@ -269,6 +298,8 @@ def validate(
   if not all(_is_int(s) and (s >= 1 or s == -1) for s in sizes) or sizes.count(-1) > 1:
     _fail("mesh", mesh, "use positive axis sizes and at most one -1 (all remaining devices)")
 
+
+def _check_budget(c) -> None:
   budget = c.feedback_memory_budget_gb
   if budget is not None and (not _is_number(budget) or budget <= 0):
     _fail("feedback_memory_budget_gb", budget, "use a number of GiB > 0 or None")

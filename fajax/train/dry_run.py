@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import jax
+
 from fajax.train import build as build_lib
 from fajax.train import mesh as mesh_lib
 from fajax.train import state as state_lib
@@ -85,8 +87,6 @@ def dry_run(config, *, model=None, dataset=None, devices=None) -> dict[str, Any]
 
 
 def _leaves(tree):
-  import jax
-
   return jax.tree.leaves(tree)
 
 

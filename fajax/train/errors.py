@@ -16,6 +16,8 @@ import functools
 import os
 import sys
 
+from absl import flags, logging
+
 TRACEBACK_ENV = "FAJAX_TRACEBACK"
 USER_ERROR_STATUS = 2  # A mistake in the command, config, data or workdir.
 NONFINITE_STATUS = 3  # The loss became non-finite; the last good state is checkpointed.
@@ -28,8 +30,6 @@ class UserError(ValueError):
 def _show_traceback() -> bool:
   if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
     return True
-  from absl import logging
-
   return logging.get_verbosity() >= 1
 
 
@@ -73,8 +73,6 @@ def one_sentence_errors(main):
 def parse_flags(argv):
   """absl's flag parsing, with a refused command line (a missing or failing config file, a bad
   override) as one sentence instead of a traceback or absl's hint to read the flag help."""
-  from absl import flags
-
   for arg in argv[1:]:
     if arg.startswith(("--config=", "-config=")):
       path = arg.split("=", 1)[1].split(":", 1)[0]

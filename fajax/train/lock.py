@@ -28,6 +28,8 @@ import threading
 import time
 import uuid
 
+import jax
+import numpy as np
 from absl import logging
 from etils import epath
 
@@ -200,8 +202,6 @@ class WorkdirLock:
 
 def acquire_for_run(workdir) -> WorkdirLock | None:
   """Process 0 takes the workdir lock; every process raises WorkdirLocked if it could not."""
-  import jax
-
   lock, error = None, None
   if jax.process_index() == 0:
     try:
@@ -209,8 +209,7 @@ def acquire_for_run(workdir) -> WorkdirLock | None:
     except Exception as e:  # Whatever it is, the other processes must hear of it, not hang.
       error = e
   if jax.process_count() > 1:
-    import numpy as np
-    from jax.experimental import multihost_utils
+    from jax.experimental import multihost_utils  # Loaded only by multi-process runs.
 
     refused = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
     if refused and error is None:

@@ -2,7 +2,8 @@
 
 Sections of one run, in order: validate and assemble (nothing compiled yet); resume from the
 newest valid checkpoint or initialise; train, logging every `log_every` steps, evaluating every
-`eval_every`, saving every `checkpoint_every`; at the end evaluate, save and wait for the saves.
+`eval_every`, saving every `checkpoint_every` (`fajax.train.periodic`), tracing `profile_steps`
+steps (`fajax.train.profiling`); at the end evaluate, save and wait for the saves.
 
 Step numbering: "step s" in logs, metrics and checkpoints means "after s updates"; the train
 record at step s describes the batch of update s (batch index s - 1).
@@ -12,18 +13,19 @@ from __future__ import annotations
 
 import json
 import platform
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 from absl import logging
 
+from fajax import diagnostics
 from fajax.data.prefetch import prefetch_to_device
 from fajax.train import build as build_lib
 from fajax.train import config as config_lib
-from fajax.train import distributed, paths, preemption, preflight
+from fajax.train import distributed, paths, periodic, preemption, preflight, profiling
 from fajax.train import lock as lock_lib
+from fajax.train import metrics as metrics_lib
 from fajax.train import resume as resume_lib
 from fajax.train import skips as skips_lib
 from fajax.train import state as state_lib
@@ -113,8 +115,9 @@ def train_and_evaluate(
   """Trains and evaluates the model `config` describes, resuming from `workdir` if it has a run.
 
   Writes to `workdir`: checkpoints/ (orbax), metrics.jsonl, tensorboard/ (event files),
-  config.json and run.json. A run killed at any moment and started again with the same config and
-  workdir ends with exactly the parameters of an uninterrupted run.
+  config.json and run.json, and with config.profile_steps a profiler trace in profile/. A run
+  killed at any moment and started again with the same config and workdir ends with exactly the
+  parameters of an uninterrupted run.
 
   Args:
     config: a trainer config; start from `fajax.train.default_config()` (fields documented there).
@@ -143,7 +146,7 @@ def train_and_evaluate(
   config_lib.validate(config, check_dataset=dataset is None, check_model=model is None)
   if config.distributed:  # Before anything asks for devices.
     distributed.initialize()
-  exp = build_lib.build(config, model=model, dataset=dataset)
+  exp = build_lib.assemble(config, model=model, dataset=dataset)  # Of the validated config.
   preflight.check_data(config, exp.info, injected=dataset is not None)
   workdir = paths.resolve(workdir)  # A local folder or a URL such as gs://bucket/run.
   preflight.check_workdir(workdir, CHECKPOINT_DIR)
@@ -159,32 +162,17 @@ def _train(exp: build_lib.Experiment, workdir: str, callbacks: Sequence[Callback
   """The run itself, while this process holds the workdir lock."""
   config = exp.config
   from fajax.train import checkpoint as checkpoint_lib  # Lazy: orbax is heavy to import.
-  from fajax.train import metrics as metrics_lib
 
   ckpt = checkpoint_lib.Checkpointer(
     paths.join(workdir, CHECKPOINT_DIR),
     keep=config.keep_checkpoints,
     async_save=config.checkpoint_async,
   )
-  restored = ckpt.restore_latest(exp.abstract_state)
-  if restored is not None and resume_lib.roll_back_for_remedy(workdir, ckpt, restored[1], config):
-    restored = ckpt.restore_latest(exp.abstract_state)
-  if restored is None:
-    state = exp.init(jax.random.PRNGKey(config.seed))
-    start = 0
-  else:
-    state, meta = restored
-    start = int(meta.get("step", int(state.step)))
-    after_nonfinite = resume_lib.after_nonfinite(workdir, start)
-    resume_lib.check(
-      meta.get("config"), config, step=start, where=ckpt.directory, after_nonfinite=after_nonfinite
-    )
-    if int(state.nonfinite_step) >= 0:  # Saved at a NaN stop by an older fajax.
-      state = resume_lib.clear_nonfinite(state, exp.state_sharding)
-    logging.info("Resumed from step %d of %s.", start, ckpt.directory)
+  state, start = _restore_or_init(exp, ckpt, workdir)
   _write_run_files(workdir, exp)
   writer = metrics_lib.MetricWriter(workdir, start_step=start)
   progress = metrics_lib.Progress(exp.num_steps, start, config.progress_bar)
+  profiler = profiling.Profiler(workdir, start, config.profile_steps)
   meta = {"config": json.loads(config.to_json_best_effort())}
 
   def save(step, state):
@@ -193,38 +181,34 @@ def _train(exp: build_lib.Experiment, workdir: str, callbacks: Sequence[Callback
   skips = None
   if config.on_nan == "skip":
     skips = skips_lib.SkipWatch(config.max_consecutive_skips, int(state.skipped))
+  last = exp.num_steps
+  log_due = periodic.Every(config.log_every, last)
+  eval_due = periodic.Every(config.eval_every, last)
+  save_due = periodic.Every(config.checkpoint_every, last)
 
   watcher = preemption.Watcher().start()  # SIGTERM/SIGINT: stop after the current step.
   try:
     batches = train_batches(exp, start)
-    timer_start, timer_step = time.perf_counter(), start
-    for step in range(start, exp.num_steps):
-      s = step + 1
-      diagnose = bool(config.diagnostics_every) and s % config.diagnostics_every == 0
-      train_step = exp.diagnostics_step if diagnose else exp.train_step
-      state, metrics = train_step(state, next(batches))
-      if skips is not None and (skips.push(s, metrics) or (s == exp.num_steps and skips.flush())):
+    timer = periodic.StepTimer(start)
+    for s in range(start + 1, last + 1):  # s: the step after this update.
+      diagnose = diagnostics.should_run(s, config.diagnostics_every)
+      with jax.profiler.StepTraceAnnotation("train", step_num=s):
+        train_step = exp.diagnostics_step if diagnose else exp.train_step
+        state, metrics = train_step(state, next(batches))
+      if skips is not None and (skips.push(s, metrics) or (s == last and skips.flush())):
         _stop_skip_storm(s, state, ckpt, save, skips, workdir)
-      if step == start:  # The first step includes compilation: time the others only.
+      if s == start + 1:  # The first step includes compilation: time the others only.
         jax.block_until_ready(metrics)
-        first = time.perf_counter() - timer_start
-        logging.info("Compiled and ran the first step in %.1f s.", first)
-        timer_start, timer_step = time.perf_counter(), s
-      last = s == exp.num_steps
-      log_now = (config.log_every and s % config.log_every == 0) or diagnose or last
-      eval_now = (config.eval_every and s % config.eval_every == 0) or last
-      save_now = (config.checkpoint_every and s % config.checkpoint_every == 0) or last
+        logging.info("Compiled and ran the first step in %.1f s.", timer.elapsed())
+        timer.restart(s)
+      profiler.after_step(s, metrics)
+      log_now, eval_now, save_now = log_due(s) or diagnose, eval_due(s), save_due(s)
       postfix = {}
       if log_now or eval_now or save_now:
         metrics = jax.device_get(metrics)
         _stop_if_nonfinite(metrics, state, ckpt, save, exp, workdir)
       if log_now:
-        elapsed, steps = time.perf_counter() - timer_start, max(s - timer_step, 1)
-        record = {k: v for k, v in metrics.items() if k != "nonfinite_step"}
-        if config.on_nan != "skip":
-          record.pop("skipped_steps", None)
-        record["step_time"] = elapsed / steps
-        record["images_per_sec"] = config.batch_size * steps / max(elapsed, 1e-9)
+        record = _train_record(metrics, config) | timer.rates(s, config.batch_size)
         writer.write(s, "train", record)
         postfix = {"loss": float(metrics["loss"])}
       if eval_now:
@@ -233,19 +217,49 @@ def _train(exp: build_lib.Experiment, workdir: str, callbacks: Sequence[Callback
         writer.flush()  # Before the checkpoint: a checkpoint at s implies the records up to s.
       if save_now:
         save(s, state)
-      if not last and watcher.reached(s):
-        _stop_preempted(s, state, ckpt, save, exp.num_steps, watcher.signal)
+      if s != last and watcher.reached(s):
+        _stop_preempted(s, state, ckpt, save, last, watcher.signal)
       progress.update(1, **postfix)
       for callback in callbacks:
         callback(s, state, metrics)
-      if log_now or eval_now or save_now:
-        timer_start, timer_step = time.perf_counter(), s
+      if log_now or eval_now or save_now:  # Evaluating and saving are not step time.
+        timer.restart(s)
   finally:
+    profiler.close()
     watcher.stop()
     progress.close()
     writer.close()
     ckpt.close()
   return state
+
+
+def _restore_or_init(exp: build_lib.Experiment, ckpt, workdir: str):
+  """(state, step): the newest valid checkpoint (rolled back first when a remedy asks for it), or
+  a freshly initialised state at step 0."""
+  config = exp.config
+  restored = ckpt.restore_latest(exp.abstract_state)
+  if restored is not None and resume_lib.roll_back_for_remedy(workdir, ckpt, restored[1], config):
+    restored = ckpt.restore_latest(exp.abstract_state)
+  if restored is None:
+    return exp.init(jax.random.PRNGKey(config.seed)), 0
+  state, meta = restored
+  start = int(meta.get("step", int(state.step)))
+  after_nonfinite = resume_lib.after_nonfinite(workdir, start)
+  resume_lib.check(
+    meta.get("config"), config, step=start, where=ckpt.directory, after_nonfinite=after_nonfinite
+  )
+  if int(state.nonfinite_step) >= 0:  # Saved at a NaN stop by an older fajax.
+    state = resume_lib.clear_nonfinite(state, exp.state_sharding)
+  logging.info("Resumed from step %d of %s.", start, ckpt.directory)
+  return state, start
+
+
+def _train_record(metrics: dict[str, Any], config) -> dict[str, Any]:
+  """The step's metrics as logged: without the NaN flag, and skipped_steps only under 'skip'."""
+  record = {k: v for k, v in metrics.items() if k != "nonfinite_step"}
+  if config.on_nan != "skip":
+    record.pop("skipped_steps", None)
+  return record
 
 
 def _save_now(ckpt, save, step, state) -> None:

@@ -5,7 +5,8 @@ metrics.jsonl has one JSON object per logged step and split:
 It is strict JSON: a NaN or infinite value is written as null (TensorBoard keeps the value).
 Only process 0 writes. On resume from step k the lines after k (written by the interrupted run
 after its last checkpoint) are dropped, so the file of a resumed run equals that of an
-uninterrupted one, except for the wall-clock fields in TIMING_KEYS.
+uninterrupted one, except for the wall-clock fields in TIMING_KEYS. `read_metrics` reads it back
+(the report, the plots and the tests all read it through this one function).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from typing import Any
 
 import jax
+from absl import logging as absl_logging
 
 from fajax.train import paths
 
@@ -35,8 +38,24 @@ def _finite_or_none(value):
   return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def read_jsonl(path: str, *, drop_timing: bool = False) -> list[dict[str, Any]]:
-  """The records of a metrics.jsonl file (without the timing fields when `drop_timing`)."""
+def read_metrics(
+  workdir_or_path: str | os.PathLike, *, drop_timing: bool = False, missing_ok: bool = False
+) -> list[dict[str, Any]]:
+  """The records of `<workdir>/metrics.jsonl` (or of that file), in file order; local or gs://.
+
+  Without the timing fields (TIMING_KEYS) when `drop_timing`. Raises FileNotFoundError when there
+  is no such file, unless `missing_ok` (then an empty list).
+  """
+  path = os.fspath(workdir_or_path)
+  if paths.isdir(path):
+    path = paths.join(path, METRICS_FILE)
+  if not paths.exists(path):
+    if missing_ok:
+      return []
+    raise FileNotFoundError(
+      f"No metrics file at {path}: pass a run's workdir (holding {METRICS_FILE}) "
+      "or the file itself."
+    )
   records = []
   with paths.open(path) as f:
     for line in f:
@@ -143,6 +162,4 @@ class _QuietOrbax(logging.Filter):
 
 def quiet_orbax_logging() -> None:
   """Hides orbax's INFO lines from absl's log handler (launchers call this once)."""
-  from absl import logging as absl_logging
-
   absl_logging.get_absl_handler().addFilter(_QuietOrbax())

@@ -10,14 +10,13 @@ import socket
 
 from etils import epath
 
+from fajax.data import registry
 from fajax.train.errors import UserError
 
 
 def check_data(config, info, *, injected: bool) -> None:
   """The dataset is prepared (registry datasets) and holds at least one global batch."""
   if not injected:
-    from fajax.data import registry
-
     try:
       registry.check_prepared(config.dataset, config.data_dir, **dict(config.dataset_options))
     except FileNotFoundError as e:

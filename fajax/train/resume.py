@@ -4,10 +4,10 @@ Every checkpoint carries the config it was made with (its `meta`). On resume the
 compared with it field by field:
 - FREE fields may change on any resume. They say how long the run is and how it is watched,
   saved and placed, not what a step computes: the length (num_steps / num_epochs: extend a run),
-  the intervals, the progress bar, how many checkpoints to keep and whether saves are async, the
-  eval batch, the mesh and devices (checkpoints reshard), the data folder, the NaN policy and the
-  feedback memory check. A longer run with a length-dependent schedule (cosine, step) follows the
-  new length's schedule from the resumed step on: a warning says so.
+  the intervals, the progress bar and profiling, how many checkpoints to keep and whether saves are
+  async, the eval batch, the mesh and devices (checkpoints reshard), the data folder, the NaN
+  policy and the feedback memory check. A longer run with a length-dependent schedule (cosine,
+  step) follows the new length's schedule from the resumed step on: a warning says so.
 - REMEDIES (the learning rate and its schedule) may change only when resuming from the checkpoint
   a non-finite stop left (`nonfinite.json` in the workdir names it): lowering the learning rate is
   the remedy the NonFiniteLossError names. The stop's state holds the parameters whose loss was
@@ -26,9 +26,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 from absl import logging
 from etils import epath
 
+from fajax.train import metrics as metrics_lib
 from fajax.train.errors import UserError
 
 FREE = (
@@ -40,6 +43,7 @@ FREE = (
   "keep_checkpoints",
   "checkpoint_async",
   "diagnostics_every",
+  "profile_steps",
   "progress_bar",
   "eval_batch_size",
   "mesh",
@@ -108,7 +112,6 @@ def mark_nonfinite(workdir, bad_step: int, checkpoint_step: int, diverged_at=Non
   """Records that a non-finite stop at step `bad_step` left its state as `checkpoint_step`, and
   that the parameters after `diverged_at` updates (default: checkpoint_step) gave a non-finite
   loss, so that a remedy rolls back before them."""
-  import jax
 
   if jax.process_index() == 0:
     diverged_at = checkpoint_step if diverged_at is None else diverged_at
@@ -143,12 +146,10 @@ def roll_back_for_remedy(workdir, ckpt, meta: dict[str, Any], config) -> bool:
     return False
   if all(saved.get(k) == new[k] for k in REMEDIES):
     return False
-  import jax
-
   diverged_at = int(record.get("diverged_at", step))
   earlier = [s for s in ckpt.all_steps() if s < diverged_at]
   target = epath.Path(workdir) / NONFINITE_DIR
-  metrics = epath.Path(workdir) / "metrics.jsonl"
+  metrics = epath.Path(workdir) / metrics_lib.METRICS_FILE
   if jax.process_index() == 0 and metrics.exists():
     target.mkdir(parents=True, exist_ok=True)
     metrics.copy(target / f"metrics-{step}.jsonl", overwrite=True)
@@ -171,9 +172,6 @@ def roll_back_for_remedy(workdir, ckpt, meta: dict[str, Any], config) -> bool:
 def clear_nonfinite(state, state_sharding):
   """`state` with the non-finite flag reset, so a resumed run trains on (a checkpoint saved by an
   older fajax at a NaN stop still carries it)."""
-  import jax
-  import jax.numpy as jnp
-
   fresh = jax.jit(
     lambda: jnp.full((), -1, jnp.int32), out_shardings=state_sharding.nonfinite_step
   )()

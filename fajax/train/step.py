@@ -18,6 +18,7 @@ import optax
 
 import fajax
 from fajax import constraints as constraints_lib
+from fajax import diagnostics as diagnostics_lib
 from fajax import learned as learned_lib
 from fajax import rules as rules_lib
 
@@ -153,8 +154,7 @@ def train_step(
 
 
 def _alignment(model, state, images, labels, rngs, grads):
-  """fajax.diagnostics.alignment_metrics on this step's batch (imported only when used)."""
-  from fajax import diagnostics  # Lazy: only runs with config.diagnostics_every > 0.
+  """fajax.diagnostics.alignment_metrics on this step's batch."""
 
   def loss_fn(params, extra_variables, mutable):
     logits, mutated = forward(
@@ -170,7 +170,7 @@ def _alignment(model, state, images, labels, rngs, grads):
     wanted = {k: v for k, v in mutated.items() if k in tuple(mutable)}
     return jnp.mean(cross_entropy(logits, labels)), wanted
 
-  return diagnostics.alignment_metrics(loss_fn, state.params, rule_grads=grads)
+  return diagnostics_lib.alignment_metrics(loss_fn, state.params, rule_grads=grads)
 
 
 def eval_step(state, batch, *, model):
