@@ -6,12 +6,14 @@
 
 Modules, one job each: config (fields, defaults, validation), state (TrainState), optim (optax
 chain), mesh (device mesh and shardings), step (pure train/eval steps and their jit), build
-(config -> model, optimizer, mesh, jitted steps), checkpoint (orbax), metrics (jsonl,
-TensorBoard, progress bar), loop (train_and_evaluate), dry_run (compile-only memory and FLOPs
-report), paths (local and gs:// workdirs), distributed (joining a multi-process run), preemption
-(SIGTERM/SIGINT: save and stop); and the hardening around a run: errors (UserError, one sentence
-in the launchers), preflight (data and workdir checks), lock (the workdir lock), resume (what may
-change on resume), integrity (checkpoint checksums), skips (skip storms). Importing this package
+(config -> model, optimizer, mesh, jitted steps), checkpoint (orbax), metrics (jsonl and its
+reader, TensorBoard, progress bar), loop (train_and_evaluate), periodic (when the loop logs,
+evaluates and saves), profiling (jax.profiler traces of a few steps), dry_run (compile-only
+memory and FLOPs report), paths (local and gs:// workdirs), distributed (joining a
+multi-process run), preemption (SIGTERM/SIGINT: save and stop); and the hardening around a run:
+errors (UserError, one sentence in the launchers), preflight (data and workdir checks), lock (the
+workdir lock), resume (what may change on resume), integrity (checkpoint checksums), skips (skip
+storms). Importing this package
 does not import orbax or TensorBoard; they load when a run starts. See docs/training.md.
 """
 
