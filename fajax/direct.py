@@ -47,11 +47,9 @@ the layer's own parameters, so W is the same under bp, fa, dfa and densefa for t
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
-import threading
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -66,8 +64,6 @@ from fajax import layers, primitives, rules
 ERRORS = "direct_feedback_errors"  # internal Flax collection: dfa taps waiting for e.
 DIRECT = "direct"  # feedback/<consumer>/direct: D_l of dfa.
 DENSE_PREFIX = "to_"  # feedback/<source>/to_<consumer>: D_{k->l} of densefa.
-
-_APPLY = threading.local()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,7 +232,7 @@ class DFA(rules.Rule):
     return primitives.ZERO
 
   def input_hook(self, module, x):
-    if not module.is_initializing() and not getattr(_APPLY, "depth", 0):
+    if not module.is_initializing() and not layers.flag("direct_apply"):
       raise ValueError(
         f"Layer '{rules.module_path(module)}' trains with dfa, whose output error reaches the "
         "layers through fajax.apply: call fajax.apply(model, variables, ...) instead of "
@@ -288,13 +284,10 @@ class DenseFA(rules.FA):
 # --- apply --------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
 def _inside_apply():
-  _APPLY.depth = getattr(_APPLY, "depth", 0) + 1
-  try:
-    yield
-  finally:
-    _APPLY.depth -= 1
+  """Within this context dfa layers may run: the caller (fajax.apply, fajax.nnx.apply) delivers
+  the output error to their taps when the forward pass ends."""
+  return layers.trace_flags(direct_apply=True)
 
 
 def _sown_taps(tree) -> list:
