@@ -493,6 +493,9 @@ def test_feedback_memory_counts_by_hand():
   dense = stats.feedback_memory(model, shape, "densefa")
   assert dense.bytes_feedback == fa.bytes_feedback + fp32 * K * 8
   assert dense.rule == "densefa" and dense.bytes_params == params
+  # The trainer's check reads the same numbers off the variables (its abstract state) directly.
+  v = MLP(rule="densefa").init(jax.random.key(0), jnp.zeros(shape))
+  assert stats.memory_of(v["params"], v["feedback"], "densefa") == dense
   assert stats.check_feedback_budget(model, shape, 1.0, "densefa") == dense
   with pytest.raises(ValueError, match=r"densefa feedback .* over the budget of 1e-07 GiB"):
     stats.check_feedback_budget(model, shape, 1e-7, "densefa")
