@@ -4,7 +4,7 @@
 
 For the paper's MNIST net (28x28x1), CIFAR-10 arch 1 (24x24x3 crops), AlexNet at ImageNet size
 (224x224x3, 1000 classes) and ImageNet arch 2 (AlexNet with batch norm), and rules bp, fa, usf,
-dfa and densefa: `fajax.direct.feedback_memory` runs `jax.eval_shape(model.init)` and sums the
+dfa and densefa: `fajax.models.stats.feedback_memory` runs `jax.eval_shape(model.init)` and sums the
 `feedback` collection (B, D matrices, scales) and the `params` collection. Nothing is drawn or
 allocated, so the numbers for densefa on AlexNet (tens of GiB) cost nothing to compute. The
 largest feedback matrices of densefa are listed per model.
@@ -23,7 +23,8 @@ import jax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fajax import direct, models  # noqa: E402
+from fajax import models  # noqa: E402
+from fajax.models import stats  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "feedback_memory.md")
@@ -53,7 +54,7 @@ def measure():
     model = models.get(name, num_classes=classes)
     for rule in RULES:
       start = time.perf_counter()
-      report = direct.feedback_memory(model, shape, rule, train=False)
+      report = stats.feedback_memory(model, shape, rule, train=False)
       seconds = time.perf_counter() - start
       rows.append((label, rule, report, seconds))
       if rule == "densefa":
@@ -67,8 +68,9 @@ def write(rows, biggest):
     "",
     f"Command: `python benchmarks/feedback_memory.py` ({datetime.date.today()}, "
     f"jax {jax.__version__}, {jax.devices()[0].platform}).",
-    "Computed with `fajax.direct.feedback_memory` (`jax.eval_shape` of `model.init`: shapes only, "
-    "nothing allocated). Feedback = the `feedback` collection (B of fa/usf, D of dfa/densefa); "
+    "Computed with `fajax.models.stats.feedback_memory` (`jax.eval_shape` of `model.init`: "
+    "shapes only, nothing allocated). "
+    "Feedback = the `feedback` collection (B of fa/usf, D of dfa/densefa); "
     "it is replicated on every device, like the parameters. densefa includes its fa term "
     "(one B per layer).",
     "",
