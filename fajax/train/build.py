@@ -14,8 +14,11 @@ import jax
 import jax.numpy as jnp
 
 from fajax import compile as compile_lib
+from fajax import data as data_lib
 from fajax import layers
+from fajax import models as models_lib
 from fajax import rules as rules_lib
+from fajax.models import stats
 from fajax.train import config as config_lib
 from fajax.train import mesh as mesh_lib
 from fajax.train import optim
@@ -79,9 +82,7 @@ def make_model(config, info, rule, model=None) -> nn.Module:
   kwargs = dict(num_classes=info.num_classes, rule=rule, dtype=DTYPES[config.dtype])
   kwargs.update(dict(config.model_options))
   if model is None:
-    from fajax import models  # Imported on use: the registry pulls in every architecture.
-
-    return models.get(config.model, **kwargs)
+    return models_lib.get(config.model, **kwargs)
   if isinstance(model, nn.Module):
     return model
   from fajax.nnx import bridge  # An NNX model reaches the trainer through its Linen face.
@@ -103,8 +104,6 @@ def _check_feedback_budget(config, module, abstract_state):
   from the abstract state (shapes only, before anything is compiled or allocated)."""
   if config.feedback_memory_budget_gb is None:
     return
-  from fajax.models import stats  # Imported on use: it pulls in the model registry.
-
   report = stats.memory_of(
     abstract_state.params, abstract_state.feedback, getattr(module, "rule", None)
   )
@@ -131,8 +130,7 @@ def assemble(config, *, model=None, dataset=None, devices=None) -> Experiment:
       `get(name, split, batch_size, *, seed, data_dir, start_step, **options)` like fajax.data.
     devices: the devices of the mesh (default jax.devices()).
   """
-  if dataset is None:
-    from fajax import data as dataset
+  dataset = data_lib if dataset is None else dataset
   info = dataset.info(config.dataset, **dict(config.dataset_options))
   num_steps = config_lib.num_steps(config, info.num_train)
   if config.warmup_steps >= num_steps:
