@@ -24,7 +24,7 @@ from fajax.train import checkpoint as checkpoint_lib
 from fajax.train import loop as loop_lib
 from fajax.train import mesh as mesh_lib
 from fajax.train import metrics as metrics_lib
-from fajax.train import optim
+from fajax.train import optim, periodic
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -442,6 +442,12 @@ def test_run_writes_config_events_and_metrics(tmp_path):
   (test,) = records(tmp_path, "test")
   assert test["num_examples"] == data_lib.info("digits").num_test
   assert 0.0 <= test["top1_error"] <= 1.0
+
+
+def test_every_fires_at_multiples_of_n_and_on_the_last_step():
+  assert [s for s in range(1, 11) if periodic.Every(4, 10)(s)] == [4, 8, 10]
+  assert [s for s in range(1, 11) if periodic.Every(0, 10)(s)] == [10]  # 0: only at the end.
+  assert [s for s in range(1, 9) if periodic.Every(4, 8)(s)] == [4, 8]
 
 
 def _traced_steps(workdir) -> tuple[list[str], set[int]]:
