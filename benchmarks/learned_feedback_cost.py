@@ -1,7 +1,7 @@
 """Train-step time of the learned-feedback rules (wm, sa, aa, ia) against backprop, interleaved.
 
-    python benchmarks/learned_feedback_cost.py                       # mnist_net and resnet20
-    python benchmarks/learned_feedback_cost.py --models mnist_net --rules bp,wm --rounds 5
+    python -m benchmarks.learned_feedback_cost                       # mnist_net and resnet20
+    python -m benchmarks.learned_feedback_cost --models mnist_net --rules bp,wm --rounds 5
 
 Times the trainer's own jitted step (`fajax.train.build`: forward, loss, gradients, W's optax
 update, B's objective gradients sown by the forward pass and B's optax update) on one device, on
@@ -19,9 +19,9 @@ import sys
 import time
 
 import jax
-from hardware_info import cpu_model  # benchmarks/ is the script directory
 
-from fajax import table
+from benchmarks.hardware_info import cpu_model
+from experiments import common
 from fajax.train import build as build_lib
 from fajax.train import loop as loop_lib
 
@@ -33,8 +33,8 @@ SETTINGS = {
 
 def make_step(model, rule, batch_size):
   s = SETTINGS[model]
-  config = table.experiment_config("bp", {"model": model}, runlocal_size=s["image_size"])
-  table.runlocal(config, image_size=s["image_size"], channels=s["channels"])
+  config = common.experiment_config("bp", {"model": model}, runlocal_size=s["image_size"])
+  common.runlocal(config, image_size=s["image_size"], channels=s["channels"])
   config.update(
     dict(
       rule=rule,
