@@ -11,6 +11,7 @@ A row is a variant of a config: a label in the results table and the trainer set
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 
 import ml_collections
@@ -236,9 +237,7 @@ FOOTNOTE = (
 
 def experiment_modules() -> list:
   """Every experiment config module of the `experiments` package (not this one)."""
-  import experiments
-
-  names = sorted(m.name for m in pkgutil.iter_modules(experiments.__path__))
+  names = sorted(m.name for m in pkgutil.iter_modules([os.path.dirname(__file__)]))
   return [importlib.import_module(f"experiments.{name}") for name in names if name != "common"]
 
 
