@@ -37,8 +37,7 @@ left() { echo $((TOTAL - ($(date +%s) - START))); }
 } >>"$LOG" 2>&1
 nvidia-smi >"$OUT/nvidia_smi.txt" 2>&1 || true
 # Fail fast (seconds, not minutes of device time) if fajax cannot be imported here.
-if ! "$PY" -c "import sys; sys.path.insert(0, 'benchmarks'); import step_time, torch_peer" \
-  >>"$LOG" 2>&1; then
+if ! "$PY" -c "import benchmarks.step_time, benchmarks.torch_peer" >>"$LOG" 2>&1; then
   echo "preflight: fajax does not import with $PY; see $LOG" | tee -a "$LOG"
   tail -n 30 "$LOG"
   exit 1
