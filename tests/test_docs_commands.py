@@ -5,11 +5,11 @@ Every shell command of the docs that runs this repository's code (`python -m lau
 blocks and inline code spans, then checked cheaply: the module exists, every `--flag` is one the
 launcher or benchmark defines, every `--config=experiments/<file>.py[:<arg>]` loads and its
 `get_config(arg)` (and `get_sweep(arg)` for a sweep) accepts the argument, every `--config.<field>`
-names a field of that config, and every repository path named exists. The cheapest commands then
-run for real, as subprocesses from the repository root: the README's main job with
-`--emit_commands` (the config, its points and the flags through the real launcher, nothing
-trained), the tiny run of docs/training.md with `--dry_run` (its workdir moved to a temporary
-folder), and `python -m launch.report` on a finished run.
+names a field of that config, and every repository path named (in a command or any code span)
+exists. The cheapest commands then run for real, as subprocesses from the repository root: the
+README's main job with `--emit_commands` (the config, its points and the flags through the real
+launcher, nothing trained), the tiny run of docs/training.md with `--dry_run` (its workdir moved
+to a temporary folder), and `python -m launch.report` on a finished run.
 """
 
 import glob
@@ -123,6 +123,21 @@ def test_doc_command_matches_the_code(doc, command):
       assert field in config, f"{doc}: {arg} names no config field"
     elif flag and module is not None:
       assert flag.group(1) in defined, f"{doc}: {module} has no flag --{flag.group(1)}"
+
+
+def test_every_repository_path_the_docs_name_exists():
+  """Each `experiments/...`, `launch/...`, `fajax/...` (and docs, tests, notebooks, benchmarks)
+  path in the docs' code spans and blocks is a file or folder of the repository."""
+  missing = []
+  for doc in DOCS:
+    text = open(os.path.join(ROOT, doc)).read()
+    spans = _FENCE.findall(text) + re.findall(r"`([^`]+)`", _FENCE.sub("", text))
+    for span in spans:
+      for path in _PATH.findall(span):
+        path = path.split(":")[0].split("#")[0].rstrip(".,")
+        if not any(c in path for c in "<*{") and not os.path.exists(os.path.join(ROOT, path)):
+          missing.append(f"{doc}: {path}")
+  assert not missing, missing
 
 
 def _run(args, timeout=300):
