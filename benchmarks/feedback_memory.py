@@ -4,7 +4,7 @@
 
 For the paper's MNIST net (28x28x1), CIFAR-10 arch 1 (24x24x3 crops), AlexNet at ImageNet size
 (224x224x3, 1000 classes) and ImageNet arch 2 (AlexNet with batch norm), and rules bp, fa, usf,
-dfa and densefa: `fajax.direct.feedback_memory` runs `jax.eval_shape(model.init)` and sums the
+dfa and densefa: `fajax.models.stats.feedback_memory` runs `jax.eval_shape(model.init)` and sums the
 `feedback` collection (B, D matrices, scales) and the `params` collection. Nothing is drawn or
 allocated, so the numbers for densefa on AlexNet (tens of GiB) cost nothing to compute. The
 largest feedback matrices of densefa are listed per model.
@@ -20,7 +20,8 @@ import time
 
 import jax
 
-from fajax import direct, models
+from fajax import models
+from fajax.models import stats
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "feedback_memory.md")
@@ -50,7 +51,7 @@ def measure():
     model = models.get(name, num_classes=classes)
     for rule in RULES:
       start = time.perf_counter()
-      report = direct.feedback_memory(model, shape, rule, train=False)
+      report = stats.feedback_memory(model, shape, rule, train=False)
       seconds = time.perf_counter() - start
       rows.append((label, rule, report, seconds))
       if rule == "densefa":
@@ -64,8 +65,9 @@ def write(rows, biggest):
     "",
     f"Command: `python -m benchmarks.feedback_memory` ({datetime.date.today()}, "
     f"jax {jax.__version__}, {jax.devices()[0].platform}).",
-    "Computed with `fajax.direct.feedback_memory` (`jax.eval_shape` of `model.init`: shapes only, "
-    "nothing allocated). Feedback = the `feedback` collection (B of fa/usf, D of dfa/densefa); "
+    "Computed with `fajax.models.stats.feedback_memory` (`jax.eval_shape` of `model.init`: "
+    "shapes only, nothing allocated). "
+    "Feedback = the `feedback` collection (B of fa/usf, D of dfa/densefa); "
     "it is replicated on every device, like the parameters. densefa includes its fa term "
     "(one B per layer).",
     "",

@@ -30,7 +30,8 @@ delta_l = (D_l e) * f'(a_l) for an elementwise f.
 
 Dense matrices everywhere: for a conv layer, D maps the error onto the full H x W x C activation
 (flattened in NHWC order, no weight sharing), which is paper.md's "maps e onto the CxHxW
-activation" and the reason the memory grows with activation size (see `feedback_memory`).
+activation" and the reason the memory grows with activation size (see
+`fajax.models.stats.feedback_memory`).
 
 Scale: every D is drawn N(0, 1 / n_in) with n_in = prod of the shape of the activation it feeds,
 i.e. D^T is a LeCun-normal dense kernel from that activation to the sender. For the last hidden
@@ -46,11 +47,9 @@ the layer's own parameters, so W is the same under bp, fa, dfa and densefa for t
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
-import threading
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -65,8 +64,6 @@ from fajax import layers, primitives, rules
 ERRORS = "direct_feedback_errors"  # internal Flax collection: dfa taps waiting for e.
 DIRECT = "direct"  # feedback/<consumer>/direct: D_l of dfa.
 DENSE_PREFIX = "to_"  # feedback/<source>/to_<consumer>: D_{k->l} of densefa.
-
-_APPLY = threading.local()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +232,7 @@ class DFA(rules.Rule):
     return primitives.ZERO
 
   def input_hook(self, module, x):
-    if not module.is_initializing() and not getattr(_APPLY, "depth", 0):
+    if not module.is_initializing() and not layers.flag("direct_apply"):
       raise ValueError(
         f"Layer '{rules.module_path(module)}' trains with dfa, whose output error reaches the "
         "layers through fajax.apply: call fajax.apply(model, variables, ...) instead of "
@@ -263,7 +260,7 @@ class DenseFA(rules.FA):
   The k = l+1 term is `fa` (layer l+1's fixed random B, `feedback/<layer>/kernel`); every other
   higher layer k, the output included (delta_L = e), sends D_{k->l} delta_k
   (`feedback/<k>/to_<l+1>`) to the input of layer l+1. Memory grows with depth squared: check it
-  with `fajax.direct.feedback_memory` before building a large model.
+  with `fajax.models.stats.feedback_memory` before building a large model.
   """
 
   name: ClassVar[str] = "densefa"
@@ -287,13 +284,10 @@ class DenseFA(rules.FA):
 # --- apply --------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
 def _inside_apply():
-  _APPLY.depth = getattr(_APPLY, "depth", 0) + 1
-  try:
-    yield
-  finally:
-    _APPLY.depth -= 1
+  """Within this context dfa layers may run: the caller (fajax.apply, fajax.nnx.apply) delivers
+  the output error to their taps when the forward pass ends."""
+  return layers.trace_flags(direct_apply=True)
 
 
 def _sown_taps(tree) -> list:
@@ -345,97 +339,3 @@ def _deliver_output_error(out, taps):
       "dfa needs the batch dimension first in every layer input and in the model's output."
     )
   return _send(out, tokens, matrices)
-
-
-# --- memory -------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class FeedbackMemory:
-  """What a model's variables take, from shapes alone (`jax.eval_shape` of `model.init`).
-
-  bytes_feedback: the `feedback` collection (B, D matrices, scales), per replica.
-  bytes_params: the trainable parameters.
-  per_layer: feedback bytes by module path (e.g. "fc1" for `feedback/fc1/...`).
-  """
-
-  rule: str
-  bytes_feedback: int
-  bytes_params: int
-  per_layer: dict[str, int]
-
-  @property
-  def gib_feedback(self) -> float:
-    return self.bytes_feedback / 2**30
-
-  @property
-  def gib_params(self) -> float:
-    return self.bytes_params / 2**30
-
-
-def _nbytes(leaf) -> int:
-  return _prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize
-
-
-def feedback_memory(
-  model, input_shape, rule=None, *, input_dtype=jnp.float32, **call_kwargs
-) -> FeedbackMemory:
-  """The feedback memory `model` needs under `rule`, computed from shapes (nothing is allocated).
-
-  Args:
-    model: a Flax module; with `rule` given it must have a `rule` field (every fajax model does),
-      and is re-built as `model.clone(rule=rule)`.
-    input_shape: the shape of one input batch, batch first (the batch size does not matter).
-    rule: a rule name or `Rule` (None: the model's own rule).
-    input_dtype: dtype of the example input.
-    **call_kwargs: passed to the model's call, e.g. `train=False`.
-  """
-  if rule is not None:
-    if "rule" not in {f.name for f in dataclasses.fields(model)}:
-      raise ValueError(
-        f"{type(model).__name__} has no `rule` field to set; build the model with the rule and "
-        "call feedback_memory(model, input_shape)."
-      )
-    model = model.clone(rule=rules.get(rule))
-
-  def init(x):
-    key = jax.random.key(0)
-    return model.init({"params": key, "dropout": key}, x, **call_kwargs)
-
-  shapes = jax.eval_shape(init, jax.ShapeDtypeStruct(tuple(input_shape), input_dtype))
-  per_layer: dict[str, int] = {}
-  for path, leaf in jax.tree_util.tree_leaves_with_path(shapes.get(rules.FEEDBACK, {})):
-    layer = "/".join(str(getattr(p, "key", p)) for p in path[:-1])
-    per_layer[layer] = per_layer.get(layer, 0) + _nbytes(leaf)
-  params = sum(_nbytes(leaf) for leaf in jax.tree.leaves(shapes.get("params", {})))
-  name = rules.get(getattr(model, "rule", None)).describe()  # no rule field: a plain bp model
-  return FeedbackMemory(name, sum(per_layer.values()), params, per_layer)
-
-
-def check_feedback_budget(
-  model,
-  input_shape,
-  budget_gb: float | None,
-  rule=None,
-  *,
-  field: str = "config.feedback_memory_budget_gb",
-  **kwargs,
-) -> FeedbackMemory:
-  """Raises ValueError if the model's feedback would not fit in `budget_gb` GiB; else the report.
-
-  Call it before building the train state, so that an oversized dfa/densefa configuration is
-  refused at start instead of running out of memory mid-run. `budget_gb=None` checks nothing.
-  Arguments are those of `feedback_memory`; `field` names the config field in the message.
-  """
-  report = feedback_memory(model, input_shape, rule, **kwargs)
-  if budget_gb is not None and report.bytes_feedback > budget_gb * 2**30:
-    advice = (
-      "use dfa or a smaller model"
-      if report.rule.startswith("densefa")
-      else ("use a smaller model or input")
-    )
-    raise ValueError(
-      f"{report.rule} feedback for this model needs {report.gib_feedback:.2f} GiB, over the "
-      f"budget of {budget_gb:g} GiB ({field}); {advice}, or raise {field}."
-    )
-  return report

@@ -6,7 +6,8 @@ inject the feedback primitive through Flax's own injection points (`dot_general`
 
 How the primitive finds its layer: the layer pushes (module, rule) on a trace-time stack around
 the Flax call; the injected primitive reads the top of the stack, asks the rule for B (creating
-feedback variables in the layer's scope) and calls the custom-VJP primitive.
+feedback variables in the layer's scope) and calls the custom-VJP primitive. That stack, the
+context flags and the per-pass scratch dicts are fajax's whole trace-time state (`_Trace`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import inspect
 import math
 import threading
+import weakref
 from typing import Any
 
 import flax.linen as nn
@@ -26,40 +28,61 @@ from fajax import learned
 from fajax import rules as rules_lib
 from fajax.primitives import feedback_conv_general_dilated, feedback_dot_general
 
-_STATE = threading.local()
 DELTAS = "perturbations"  # Flax collection through which layer output cotangents are read.
 FEEDBACK_MATRICES = "feedback_matrices"  # Flax collection where capture_feedback() sows B.
 
 
-def _stack():
-  if not hasattr(_STATE, "stack"):
-    _STATE.stack = []
-  return _STATE.stack
+class _Trace(threading.local):
+  """Everything fajax keeps while it traces, in one place, per thread (a trace runs in one).
+
+  layers: (module, rule) of the fajax layers being called, innermost last. Flax hands the
+    injected primitive arrays only; the primitive finds its layer here.
+  flags: the switches of `trace_flags` (capture_deltas, capture_feedback, capture_feedback_grads,
+    force_backprop, and direct_apply, set by fajax.apply); absent means False.
+  passes: one scratch dict per forward pass (`forward_state`), keyed by the pass's root scope
+    and dropped with it.
+  """
+
+  def __init__(self):
+    self.layers: list = []
+    self.flags: dict[str, bool] = {}
+    self.passes = weakref.WeakKeyDictionary()
+
+
+_TRACE = _Trace()
 
 
 @contextlib.contextmanager
 def _bound(module, rule):
-  _stack().append((module, rule))
+  _TRACE.layers.append((module, rule))
   try:
     yield
   finally:
-    _stack().pop()
+    _TRACE.layers.pop()
 
 
 def _current():
-  if not _stack():
+  if not _TRACE.layers:
     raise RuntimeError("fajax's injected primitive was called outside a fajax layer.")
-  return _stack()[-1]
+  return _TRACE.layers[-1]
+
+
+def flag(name: str) -> bool:
+  """Whether the trace-time flag `name` is on (see `trace_flags`)."""
+  return _TRACE.flags.get(name, False)
 
 
 @contextlib.contextmanager
-def _flag(name):
-  previous = getattr(_STATE, name, False)
-  setattr(_STATE, name, True)
+def trace_flags(**values: bool):
+  """Within this context the named trace-time flags take `values`; the previous ones come back
+  on exit, so contexts nest. The named contexts below are the flags fajax's users set."""
+  previous = dict(_TRACE.flags)
+  _TRACE.flags.update(values)
   try:
     yield
   finally:
-    setattr(_STATE, name, previous)
+    _TRACE.flags.clear()
+    _TRACE.flags.update(previous)
 
 
 def capture_deltas():
@@ -69,7 +92,7 @@ def capture_deltas():
   context) and the gradient with respect to `perturbations` is each layer's output cotangent
   (the delta the rule propagated into the layer). Used by the alignment diagnostics.
   """
-  return _flag("capture_deltas")
+  return trace_flags(capture_deltas=True)
 
 
 def capture_feedback():
@@ -78,7 +101,7 @@ def capture_feedback():
   Apply with `mutable=["feedback_matrices"]` to read, per layer, `B` (W itself for bp, zeros for
   "no feedback"). Used by tests and the alignment diagnostics.
   """
-  return _flag("capture_feedback")
+  return trace_flags(capture_feedback=True)
 
 
 def capture_feedback_grads():
@@ -89,7 +112,7 @@ def capture_feedback_grads():
   (`kernel`), summed over calls of a shared layer. Apply with `mutable=["feedback_grads"]`; the
   train step does, and feeds the result to B's optimizer (`fajax.learned.update_feedback`).
   """
-  return _flag("capture_feedback_grads")
+  return trace_flags(capture_feedback_grads=True)
 
 
 def force_backprop():
@@ -98,13 +121,13 @@ def force_backprop():
   Tracing a loss inside it gives the true backprop gradient of the same model on the same batch;
   the alignment diagnostics compare the rule's update against it. Direct-feedback hooks are off.
   """
-  return _flag("force_backprop")
+  return trace_flags(force_backprop=True)
 
 
 def _feedback_for(module, rule, kernel):
   """The rule's feedback for this layer, sown for inspection when capture_feedback is on."""
   fb = rule.feedback(module, kernel)
-  if getattr(_STATE, "capture_feedback", False):
+  if flag("capture_feedback"):
     b = kernel if fb is None else (jnp.zeros_like(kernel) if isinstance(fb, str) else fb)
     module.sow(FEEDBACK_MATRICES, "B", b, reduce_fn=lambda _, new: new, init_fn=lambda: None)
   return fb
@@ -112,7 +135,7 @@ def _feedback_for(module, rule, kernel):
 
 def _learns_feedback(rule) -> bool:
   """Whether this layer's B is trained in this pass (a learned rule inside the capture context)."""
-  on = getattr(_STATE, "capture_feedback_grads", False)
+  on = flag("capture_feedback_grads")
   return on and isinstance(rule, rules_lib.LearnedFeedback)
 
 
@@ -155,29 +178,21 @@ def _conv_general_dilated(lhs, rhs, *args, **kwargs):
   return feedback_conv_general_dilated(lhs, rhs, fb, *args, **kwargs)
 
 
-_FORWARD_STATE = "_fajax_forward_state"
-
-
 def forward_state(module) -> dict:
   """Trace-time scratch dict shared by the fajax layers of one forward pass.
 
-  Flax builds a fresh root scope for every `model.apply` / `model.init`, so the dict is kept on
-  that scope and dies with it: nothing carries over between calls or traces. Key "layers_called"
-  counts the fajax layers that have run so far (whatever their rule); direct-feedback rules
-  (`fajax.direct`) use it to find the first layer and keep their own keys here.
+  Flax builds a fresh root scope for every `model.apply` / `model.init`, so the dict is keyed by
+  that scope (`module.scope.root`, weakly: it dies with the scope): nothing carries over between
+  calls or traces. Key "layers_called" counts the fajax layers that have run so far (whatever
+  their rule); direct-feedback rules (`fajax.direct`) use it to find the first layer and keep
+  their own keys here. (An NNX layer's root is its `fajax.nnx` call.)
   """
-  root = module.scope.root
-  state = getattr(root, _FORWARD_STATE, None)
-  if state is None:
-    state = {}
-    # Scope is a plain Python object; an attribute on the root ties the state to this call.
-    setattr(root, _FORWARD_STATE, state)
-  return state
+  return _TRACE.passes.setdefault(module.scope.root, {})
 
 
 def _run_under_rule(module, rule_spec, call, inputs, *args, **kwargs):
   """Runs a Dense/Conv call under its resolved rule, with the rule's hooks around it."""
-  if getattr(_STATE, "force_backprop", False):
+  if flag("force_backprop"):
     rule = rules_lib.get("bp")
   else:
     rule = rules_lib.resolve(rule_spec, rules_lib.module_path(module))
@@ -185,7 +200,7 @@ def _run_under_rule(module, rule_spec, call, inputs, *args, **kwargs):
   with _bound(module, rule):
     y = call(x, *args, **kwargs)
   y = rule.output_hook(module, y)
-  if getattr(_STATE, "capture_deltas", False):
+  if flag("capture_deltas"):
     y = module.perturb("delta", y, collection=DELTAS)
   state = forward_state(module)
   state["layers_called"] = state.get("layers_called", 0) + 1
@@ -237,8 +252,10 @@ def _interceptor(rule_spec):
         f"Layer '{rules_lib.module_path(module)}' already injects its own {attr}; "
         "fajax.convert cannot combine it with a feedback rule."
       )
-    # The bound module is a per-call clone, so setting the injection point here is local to this
-    # call; Flax modules are frozen dataclasses, hence object.__setattr__.
+    # Kept on purpose: the interceptor is the only hook Flax gives into an unmodified model, and
+    # it hands over the bound module, whose injection field is the only way in. The bound module
+    # is a per-call clone, so setting the field is local to this call (and undone below); Flax
+    # modules are frozen dataclasses, hence object.__setattr__.
     object.__setattr__(module, attr, fn)
     try:
       return _run_under_rule(module, rule_spec, next_fun, *args, **kwargs)

@@ -362,6 +362,61 @@ def test_tfds_reads_real_prepared_files(tfds, tmp_path):
     assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["label"], b["label"])
 
 
+def test_a_new_tfds_dataset_is_one_registration(tfds, tmp_path, monkeypatch):
+  """A dataset fajax does not know, added in a few lines: sizes, options, shape and recipe."""
+  from fajax.data import registry
+
+  monkeypatch.setattr(registry, "_DATASETS", dict(registry._DATASETS))  # Undone after the test.
+  mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+  def recipe(options, shape):
+    from fajax.data import preprocess as pp
+
+    eval_fn = lambda x: pp.normalize(pp.decode(x, shape), mean, std)
+    train_fn = lambda x, seed: pp.normalize(pp.random_flip(pp.decode(x, shape), seed), mean, std)
+    return train_fn, eval_fn
+
+  data.register(
+    data.TfdsDataset(
+      "tiny",
+      num_classes=10,
+      num_train=48,
+      num_test=20,
+      image_shape=lambda options: (32, 32, 3),
+      options={"augment": data.Option(True, (True, False))},
+      recipe=recipe,
+      tfds_name=lambda options: "cifar10",  # The prepared files it reads (here the mock's).
+    )
+  )
+  assert "tiny" in data.names()
+  assert data.info("tiny") == data.DatasetInfo("tiny", 10, (32, 32, 3), 48, 20)
+  fake = _fake_tfds(tfds, {"train": 48, "test": 20})
+  args = dict(data_dir=str(tmp_path), process_index=0, process_count=1)
+  with tfds.testing.mock_data(as_dataset_fn=fake):
+    train = _take(data.get("tiny", "train", 16, seed=2, **args), 4)
+    resumed = _take(data.get("tiny", "train", 16, seed=2, start_step=2, **args), 2)
+    plain = _take(data.get("tiny", "train", 16, augment=False, **args), 3)
+    test = list(data.get("tiny", "test", 16, **args))
+
+  def pixels(image):  # Undo the recipe's normalisation: back to the fake's uint8 pixels.
+    return np.round((image * std + mean) * 255).astype(int)
+
+  # Eval: the fake's images as written, in file order: channel 0 * 256 + channel 2 is the index,
+  # channel 1 the ramp 8 * column.
+  index = lambda im: int(pixels(im)[0, 0, 0] * 256 + pixels(im)[0, 0, 2])
+  real = [im for b in test for im, m in zip(b["image"], b["mask"], strict=True) if m]
+  assert [index(im) for im in real] == list(range(20))
+  assert all((pixels(im)[0, :, 1] == 8 * np.arange(32)).all() for im in test[0]["image"])
+  # Train: each example once per epoch (48 = 3 batches), half of them flipped (ramp reversed);
+  # augment=False serves the eval images. Batches are a pure function of (seed, step).
+  assert sorted(index(im) for b in train[:3] for im in b["image"]) == list(range(48))
+  flipped = [pixels(im)[0, 0, 1] == 8 * 31 for b in train for im in b["image"]]
+  assert 0 < sum(flipped) < len(flipped)
+  assert not any(pixels(im)[0, 0, 1] for b in plain for im in b["image"])
+  for a, b in zip(train[2:], resumed, strict=True):
+    assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["label"], b["label"])
+
+
 @pytest.mark.parametrize(
   "name, words",
   [

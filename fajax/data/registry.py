@@ -1,6 +1,7 @@
 """The dataset registry: names -> sizes, options and the pipeline that serves them.
 
-Everything here is cheap metadata: `names()` and `info()` never touch disk or import
+A dataset is one `register(...)` of a `Dataset` (fajax/data/datasets.py holds fajax's own), recipe
+included. Everything here is cheap metadata: `names()` and `info()` never touch disk or import
 TensorFlow; `get()` imports the tf.data pipeline only for a tfds dataset.
 """
 
@@ -9,8 +10,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
-
-from fajax.data import embedded
 
 Batch = dict[str, np.ndarray]
 
@@ -38,7 +37,7 @@ class DatasetInfo:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Option:
+class Option:
   """A dataset option: its default and the values it accepts (choices, or any positive int)."""
 
   default: Any
@@ -57,144 +56,147 @@ class _Option:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Spec:
-  source: str  # 'embedded' (numpy, offline) or 'tfds' (tf.data, prepared files)
+class Dataset:
+  """A registered dataset: what `info` reports and how `get` serves it.
+
+  Subclasses say where the examples come from (`fajax.data.embedded.EmbeddedDataset`,
+  `TfdsDataset`); fajax/data/datasets.py registers one of them per dataset.
+
+  Attributes:
+    name: registry name.
+    num_classes, num_train, num_test: as in DatasetInfo.
+    image_shape: resolved options -> the model-input (H, W, C) after preprocessing.
+    options: option name -> Option (its default and accepted values).
+  """
+
+  name: str
   num_classes: int
   num_train: int
   num_test: int
   image_shape: Callable[[Mapping[str, Any]], tuple[int, int, int]]
-  options: Mapping[str, _Option]
+  options: Mapping[str, Option] = dataclasses.field(default_factory=dict)
+
+  def batches(self, split: str, batch_size: int, *, options, **kwargs) -> Iterator[Batch]:
+    """Batches of `split` ('train' or 'test') under resolved `options`: see `get`."""
+    raise NotImplementedError
+
+  def check_prepared(self, data_dir: str | None, options: Mapping[str, Any]) -> None:
+    """Raises FileNotFoundError when the data is not there (nothing to check by default)."""
 
 
-def _fixed(shape):
-  return lambda options: shape
+@dataclasses.dataclass(frozen=True)
+class TfdsDataset(Dataset):
+  """A TensorFlow Datasets set, read from prepared files by a tf.data pipeline.
+
+  Registering one imports no TensorFlow: `fajax.data.tfds_pipeline` (and TensorFlow, the
+  optional `tfds` extra) is imported the first time its batches are requested.
+
+  Attributes:
+    recipe: (resolved options, image_shape) -> (train_fn, eval_fn), the preprocessing, built
+      from `fajax.data.preprocess` (import it inside the recipe: it imports TensorFlow).
+      eval_fn(encoded image) -> float32 image of image_shape, deterministic; train_fn(encoded
+      image, seed int64 [2]) -> the same, augmented with stateless random ops, or None for no
+      augmentation. With an option `augment` set to False the train split gets eval_fn too.
+    tfds_name: resolved options -> the tfds builder name with its config (None: `name`).
+    eval_split: the tfds split served as 'test'.
+    manual: for a dataset tfds cannot download itself, what to put where, e.g. "the manual
+      ImageNet files: put A.tar in {manual_dir}" (for the not-prepared message).
+  Options read by the pipeline: `shuffle_buffer` (examples in the per-epoch shuffle buffer,
+  default num_train) and `augment`.
+  """
+
+  recipe: Callable[[Mapping[str, Any], tuple[int, int, int]], tuple[Any, Any]] | None = None
+  tfds_name: Callable[[Mapping[str, Any]], str] | None = None
+  eval_split: str = "test"
+  manual: str = ""
+
+  def __post_init__(self):
+    if self.recipe is None:
+      raise ValueError(f"TfdsDataset {self.name!r} needs a recipe=(options, shape) -> fns.")
+
+  def builder_name(self, options: Mapping[str, Any]) -> str:
+    """The tfds builder name (with config) under resolved `options`."""
+    return self.name if self.tfds_name is None else self.tfds_name(options)
+
+  def not_prepared_message(self, options: Mapping[str, Any], data_dir: str) -> str:
+    """The one-sentence error for this dataset missing from data_dir, with the command that
+    prepares it."""
+    tfds_name = self.builder_name(options)
+    build = f"tfds build {tfds_name} --data_dir={data_dir}"
+    if self.manual:
+      needs = self.manual.format(manual_dir=f"{data_dir}/downloads/manual")
+      return (
+        f"Dataset '{tfds_name}' is not prepared in {data_dir}; it needs {needs} (the "
+        f"manual_dir), run `{build}` and pass data_dir='{data_dir}'."
+      )
+    return (
+      f"Dataset '{tfds_name}' is not prepared in {data_dir}; prepare it on a machine with "
+      f"internet with `{build}` (or `python -m tensorflow_datasets.scripts.download_and_prepare "
+      f"--datasets={tfds_name} --data_dir={data_dir}`) and pass data_dir='{data_dir}'."
+    )
+
+  def check_prepared(self, data_dir, options):
+    import os
+
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    data_dir = os.path.expanduser(data_dir)
+    from etils import epath  # data_dir may be a gs:// folder.
+
+    if not (epath.Path(data_dir) / self.builder_name(options).split("/")[0]).is_dir():
+      raise FileNotFoundError(self.not_prepared_message(options, data_dir))
+
+  def batches(self, split, batch_size, *, options, **kwargs):
+    # Imported here: TensorFlow is an optional extra that only the tfds sets need.
+    from fajax.data import tfds_pipeline
+
+    return tfds_pipeline.batches(self, split, batch_size, options=options, **kwargs)
 
 
-def _square(key, channels):
-  return lambda options: (options[key], options[key], channels)
+_DATASETS: dict[str, Dataset] = {}
 
 
-def _embedded_shape(options):
-  return (options["image_size"], options["image_size"], options["channels"])
-
-
-_AUGMENT = _Option(True, (True, False))
-_SPECS: dict[str, _Spec] = {
-  "mnist5k": _Spec(
-    "embedded",
-    10,
-    *embedded.SIZES["mnist5k"],
-    _embedded_shape,
-    {"image_size": _Option(28), "channels": _Option(1, (1, 3))},
-  ),
-  "digits": _Spec(
-    "embedded",
-    10,
-    *embedded.SIZES["digits"],
-    _embedded_shape,
-    {"image_size": _Option(8), "channels": _Option(1, (1, 3))},
-  ),
-  "mnist": _Spec(
-    "tfds", 10, 60_000, 10_000, _fixed((28, 28, 1)), {"shuffle_buffer": _Option(60_000)}
-  ),
-  "cifar10": _Spec(
-    "tfds",
-    10,
-    50_000,
-    10_000,
-    _square("crop", 3),
-    {"crop": _Option(32, (24, 32)), "augment": _AUGMENT, "shuffle_buffer": _Option(50_000)},
-  ),
-  "imagenet2012": _Spec(
-    "tfds",
-    1000,
-    1_281_167,
-    50_000,
-    _square("image_size", 3),
-    {"image_size": _Option(224), "augment": _AUGMENT, "shuffle_buffer": _Option(10_000)},
-  ),
-  "imagenet_resized": _Spec(
-    "tfds",
-    1000,
-    1_281_167,
-    50_000,
-    _square("image_size", 3),
-    {
-      "image_size": _Option(32, (8, 16, 32, 64)),
-      "augment": _AUGMENT,
-      "shuffle_buffer": _Option(50_000),
-    },
-  ),
-}
+def register(dataset: Dataset) -> Dataset:
+  """Makes `dataset` available by its name to `get`, `info` and the trainer (config.dataset)."""
+  _DATASETS[dataset.name] = dataset
+  return dataset
 
 
 def names() -> list[str]:
   """Sorted names of all registered datasets."""
-  return sorted(_SPECS)
+  return sorted(_DATASETS)
 
 
-def _spec(name: str) -> _Spec:
-  if name not in _SPECS:
+def spec(name: str) -> Dataset:
+  """The registered Dataset called `name`."""
+  if name not in _DATASETS:
     raise ValueError(f"Unknown dataset {name!r}; choose one of {names()}.")
-  return _SPECS[name]
+  return _DATASETS[name]
 
 
 def _resolve_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
   """Defaults overridden by `options`, each validated; unknown keys are errors."""
-  spec = _spec(name)
-  unknown = sorted(set(options) - set(spec.options))
+  specs = spec(name).options
+  unknown = sorted(set(options) - set(specs))
   if unknown:
     raise ValueError(
-      f"Unknown option(s) {unknown} for dataset {name!r}; valid options: {sorted(spec.options)}."
+      f"Unknown option(s) {unknown} for dataset {name!r}; valid options: {sorted(specs)}."
     )
-  return {
-    key: opt.validate(name, key, options.get(key, opt.default)) for key, opt in spec.options.items()
-  }
-
-
-def not_prepared_message(tfds_name: str, data_dir: str) -> str:
-  """The one-sentence error for a dataset missing from data_dir, with the command that fixes it."""
-  build = f"tfds build {tfds_name} --data_dir={data_dir}"
-  if tfds_name == "imagenet2012":
-    return (
-      f"Dataset 'imagenet2012' is not prepared in {data_dir}; it needs the manual ImageNet "
-      f"files: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in "
-      f"{data_dir}/downloads/manual (the manual_dir), run `{build}` and pass data_dir="
-      f"'{data_dir}'."
-    )
-  return (
-    f"Dataset '{tfds_name}' is not prepared in {data_dir}; prepare it on a machine with "
-    f"internet with `{build}` (or `python -m tensorflow_datasets.scripts.download_and_prepare "
-    f"--datasets={tfds_name} --data_dir={data_dir}`) and pass data_dir='{data_dir}'."
-  )
+  return {key: opt.validate(name, key, options.get(key, opt.default)) for key, opt in specs.items()}
 
 
 def check_prepared(name: str, data_dir: str | None = None, **options: Any) -> None:
   """Raises FileNotFoundError (the message says how to prepare it) when tfds dataset `name` has
   no folder in data_dir; a quick look that imports no TensorFlow, for runs to fail before they
   write or compile anything. Embedded sets always pass. The pipeline checks the files fully."""
-  if _spec(name).source != "tfds":
-    return
-  import os
-
-  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
-  data_dir = os.path.expanduser(data_dir)
-  from etils import epath  # data_dir may be a gs:// folder.
-
-  if not (epath.Path(data_dir) / name).is_dir():
-    tfds_name = name
-    if name == "imagenet_resized":
-      size = info(name, **options).image_shape[0]
-      tfds_name = f"imagenet_resized/{size}x{size}"
-    raise FileNotFoundError(not_prepared_message(tfds_name, data_dir))
+  spec(name).check_prepared(data_dir, _resolve_options(name, options))
 
 
 def info(name: str, **options: Any) -> DatasetInfo:
   """Sizes and model-input shape of dataset `name` under `options` (same options as `get`)."""
-  spec = _spec(name)
+  dataset = spec(name)
   resolved = _resolve_options(name, options)
   return DatasetInfo(
-    name, spec.num_classes, spec.image_shape(resolved), spec.num_train, spec.num_test
+    name, dataset.num_classes, dataset.image_shape(resolved), dataset.num_train, dataset.num_test
   )
 
 
@@ -255,7 +257,7 @@ def get(
     ValueError: unknown dataset, split or option, or a bad batch/process argument.
     FileNotFoundError: a tfds dataset is not prepared in data_dir (the message says how).
   """
-  spec = _spec(name)
+  dataset = spec(name)
   split = canonical_split(name, split)
   resolved = _resolve_options(name, options)
   batch_size = _check_int("batch_size", batch_size, 1)
@@ -272,14 +274,14 @@ def get(
   if process_index >= process_count:
     raise ValueError(f"process_index={process_index} must be < process_count={process_count}.")
 
-  common = dict(
-    seed=seed, start_step=start_step, process_index=process_index, process_count=process_count
-  )
-  if spec.source == "embedded":
-    return embedded.batches(name, split, batch_size, **common, **resolved)
-  # Imported here: TensorFlow is an optional extra that only the tfds sets need.
-  from fajax.data import tfds_pipeline
-
-  return tfds_pipeline.batches(
-    name, split, batch_size, options=resolved, data_dir=data_dir, prefetch=prefetch, **common
+  return dataset.batches(
+    split,
+    batch_size,
+    options=resolved,
+    seed=seed,
+    data_dir=data_dir,
+    start_step=start_step,
+    process_index=process_index,
+    process_count=process_count,
+    prefetch=prefetch,
   )

@@ -12,15 +12,14 @@ straight to epoch floor(k*B / L) and then skips the rest (raw records, before de
 """
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from fajax.data import batching, preprocess
-from fajax.data.registry import not_prepared_message
+from fajax.data import batching
 
 try:
   # Keep TensorFlow on the host: a GPU-enabled TensorFlow would otherwise grab accelerator memory.
@@ -33,7 +32,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-  """How to read and preprocess one tfds dataset.
+  """How to read and preprocess one tfds dataset under its options (from its TfdsDataset).
 
   Attributes:
     tfds_name: tfds builder name (with config), e.g. 'imagenet_resized/32x32'.
@@ -42,6 +41,7 @@ class Recipe:
     shuffle_buffer: examples in the (per-epoch) shuffle buffer, before the shard length cap.
     train_fn: (encoded image, seed [2]) -> float32 image; augments when augmentation is on.
     eval_fn: encoded image -> float32 image; deterministic.
+    not_prepared: data_dir -> the one-sentence error for a dataset missing from it.
   """
 
   tfds_name: str
@@ -50,6 +50,7 @@ class Recipe:
   shuffle_buffer: int
   train_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
   eval_fn: Callable[[tf.Tensor], tf.Tensor]
+  not_prepared: Callable[[str], str]
 
 
 def _no_augment(eval_fn):
@@ -57,50 +58,24 @@ def _no_augment(eval_fn):
   return lambda encoded, seed: eval_fn(encoded)
 
 
-def recipe(name: str, options: dict[str, Any]) -> Recipe:
-  """The Recipe for registry dataset `name` with validated `options` (see fajax.data.registry)."""
-  norm = preprocess.normalize
-  if name == "mnist":
-    shape = (28, 28, 1)
-    eval_fn = lambda x: norm(
-      preprocess.decode(x, shape), preprocess.MNIST_MEAN, preprocess.MNIST_STD
-    )
-    train_fn = _no_augment(eval_fn)  # The paper's MNIST net trains without augmentation.
-    return Recipe("mnist", "test", shape, options["shuffle_buffer"], train_fn, eval_fn)
-
-  if name == "cifar10":
-    raw, crop = (32, 32, 3), options["crop"]
-    mean, std = preprocess.CIFAR10_MEAN, preprocess.CIFAR10_STD
-    if crop == 24:  # CIFAR-10 arch 1: random 24x24 crops + flips, centre crop at test.
-      eval_fn = lambda x: norm(preprocess.central_crop(preprocess.decode(x, raw), 24), mean, std)
-      crop_flip = lambda x, s: preprocess.random_crop_flip(preprocess.decode(x, raw), s, 24)
-    else:  # Full 32x32: pad-4 random crop + flip (ResNet-20 / VGG recipe), identity at test.
-      eval_fn = lambda x: norm(preprocess.decode(x, raw), mean, std)
-      crop_flip = lambda x, s: preprocess.random_crop_flip(preprocess.decode(x, raw), s, 32, pad=4)
-    augment = lambda x, s: norm(crop_flip(x, s), mean, std)
-    train_fn = augment if options["augment"] else _no_augment(eval_fn)
-    return Recipe("cifar10", "test", (crop, crop, 3), options["shuffle_buffer"], train_fn, eval_fn)
-
-  mean, std = preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD
-  size = options["image_size"]
-  if name == "imagenet2012":
-    eval_fn = lambda x: norm(preprocess.decode_center_crop(x, size), mean, std)
-    augment = lambda x, s: norm(preprocess.decode_inception_crop(x, s, size), mean, std)
-    tfds_name = "imagenet2012"
-  elif name == "imagenet_resized":
-    shape = (size, size, 3)
-    eval_fn = lambda x: norm(preprocess.decode(x, shape), mean, std)
-    augment = lambda x, s: norm(preprocess.random_flip(preprocess.decode(x, shape), s), mean, std)
-    tfds_name = f"imagenet_resized/{size}x{size}"
-  else:
-    raise ValueError(f"No tf.data recipe for dataset {name!r}.")
-  train_fn = augment if options["augment"] else _no_augment(eval_fn)
+def recipe(dataset, options: Mapping[str, Any]) -> Recipe:
+  """The Recipe of a `TfdsDataset` under validated `options` (see fajax.data.registry)."""
+  shape = dataset.image_shape(options)
+  train_fn, eval_fn = dataset.recipe(options, shape)
+  if train_fn is None or not options.get("augment", True):
+    train_fn = _no_augment(eval_fn)
   return Recipe(
-    tfds_name, "validation", (size, size, 3), options["shuffle_buffer"], train_fn, eval_fn
+    tfds_name=dataset.builder_name(options),
+    eval_split=dataset.eval_split,
+    image_shape=shape,
+    shuffle_buffer=options.get("shuffle_buffer", dataset.num_train),
+    train_fn=train_fn,
+    eval_fn=eval_fn,
+    not_prepared=lambda data_dir: dataset.not_prepared_message(options, data_dir),
   )
 
 
-def _read(builder, split, tfds_name: str) -> tf.data.Dataset:
+def _read(builder, split, recipe: Recipe) -> tf.data.Dataset:
   """Raw {'image': encoded bytes, 'label': int64} examples of `split`, in file order.
 
   Never downloads. Images stay encoded so that shuffling and skipping move small strings, and
@@ -116,7 +91,7 @@ def _read(builder, split, tfds_name: str) -> tf.data.Dataset:
   except (AssertionError, tfds.core.DatasetNotFoundError) as e:
     if builder.is_prepared():
       raise
-    raise FileNotFoundError(not_prepared_message(tfds_name, str(builder.data_dir_root))) from e
+    raise FileNotFoundError(recipe.not_prepared(str(builder.data_dir_root))) from e
   return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
 
 
@@ -152,7 +127,7 @@ def train_dataset(
   prefetch: int,
 ) -> tf.data.Dataset:
   """Infinite, batched training stream of this process: see the module docstring."""
-  raw = _read(builder, tfds.even_splits("train", process_count)[process_index], recipe.tfds_name)
+  raw = _read(builder, tfds.even_splits("train", process_count)[process_index], recipe)
   length = _cardinality(raw)
   if length == 0:
     raise ValueError(f"Process {process_index} of {process_count} has no training examples.")
@@ -195,7 +170,7 @@ def eval_dataset(
 ) -> tf.data.Dataset:
   """One ordered pass over this process's contiguous part of the eval split (last batch short)."""
   shard = tfds.even_splits(recipe.eval_split, process_count)[process_index]
-  raw = _read(builder, shard, recipe.tfds_name)
+  raw = _read(builder, shard, recipe)
 
   def process(example):
     return {
@@ -209,11 +184,11 @@ def eval_dataset(
 
 
 def batches(
-  name: str,
+  dataset,
   split: str,
   batch_size: int,
   *,
-  options: dict[str, Any],
+  options: Mapping[str, Any],
   seed: int,
   data_dir: str | None,
   start_step: int,
@@ -221,12 +196,12 @@ def batches(
   process_count: int,
   prefetch: int,
 ) -> Iterator[batching.Batch]:
-  """Numpy batches of a tfds dataset: see `fajax.data.get` for the contract.
+  """Numpy batches of a `TfdsDataset`: see `fajax.data.get` for the contract.
 
   The tf.data graph is built (and a missing dataset reported) when this is called, not at the
   first next().
   """
-  r = recipe(name, options)
+  r = recipe(dataset, options)
   builder = tfds.builder(r.tfds_name, data_dir=data_dir)
   if split == "train":
     ds = train_dataset(
@@ -251,7 +226,7 @@ def batches(
   # Every process yields as many batches as the largest shard needs (shards differ by <= 1).
   num_batches = None
   if process_count > 1:
-    total = _cardinality(_read(builder, r.eval_split, r.tfds_name))
+    total = _cardinality(_read(builder, r.eval_split, r))
     num_batches = batching.num_eval_batches(total, batch_size, process_count)
   return batching.padded_eval_batches(
     ds.as_numpy_iterator(), batch_size, r.image_shape, num_batches

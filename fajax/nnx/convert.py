@@ -9,7 +9,6 @@ are re-ruled the same way, which is how a model built with fajax layers gets pat
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any
 
@@ -147,19 +146,11 @@ def convert(
   return model
 
 
-@contextlib.contextmanager
 def _rules_as_they_are():
   """Turns fajax.layers' trace-time flags off, e.g. when the Bridge builds a model while the
   diagnostics trace under force_backprop (which would hide the taps that size D)."""
-  names = ("force_backprop", "capture_deltas", "capture_feedback")
-  saved = {name: getattr(fajax_layers._STATE, name, False) for name in names}
-  for name in names:
-    setattr(fajax_layers._STATE, name, False)
-  try:
-    yield
-  finally:
-    for name, value in saved.items():
-      setattr(fajax_layers._STATE, name, value)
+  off = dict(force_backprop=False, capture_deltas=False, capture_feedback=False)
+  return fajax_layers.trace_flags(**off)
 
 
 def build_direct_feedback(model, sample, rngs):

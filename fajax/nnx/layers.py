@@ -156,7 +156,7 @@ class _Face:
     self.layer = layer
     self.call = call
     self.path = call.paths.get(id(layer), ())
-    # fajax.layers.forward_state keeps its per-call dict on `scope.root`.
+    # fajax.layers.forward_state keys its per-call dict by `scope.root`.
     self.scope = types.SimpleNamespace(root=call)
 
   # --- what the rules read off the layer

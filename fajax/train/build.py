@@ -98,25 +98,20 @@ def _check_divisible(field, value, parts, what):
     )
 
 
-def _check_feedback_budget(config, module, info, abstract_state):
-  """Refuses a run whose feedback collection exceeds config.feedback_memory_budget_gb (GiB)."""
-  budget = config.feedback_memory_budget_gb
-  if budget is None:
+def _check_feedback_budget(config, module, abstract_state):
+  """Refuses a run whose feedback collection exceeds config.feedback_memory_budget_gb (GiB),
+  from the abstract state (shapes only, before anything is compiled or allocated)."""
+  if config.feedback_memory_budget_gb is None:
     return
-  from fajax import direct
+  from fajax.models import stats  # Imported on use: it pulls in the model registry.
 
-  if hasattr(direct, "check_feedback_budget"):
-    try:
-      direct.check_feedback_budget(module, (1, *info.image_shape), budget, train=False)
-    except ValueError as e:
-      raise UserError(str(e)) from None
-    return
-  need = state_lib.num_bytes(abstract_state.feedback) / 2**30
-  if need > budget:
-    raise UserError(
-      f"config.feedback_memory_budget_gb = {budget} is too small; the feedback of rule "
-      f"{config.rule!r} needs {need:.3f} GiB: raise the budget or choose a lighter rule."
-    )
+  report = stats.memory_of(
+    abstract_state.params, abstract_state.feedback, getattr(module, "rule", None)
+  )
+  try:
+    stats.within_budget(report, config.feedback_memory_budget_gb)
+  except ValueError as e:
+    raise UserError(str(e)) from None
 
 
 def build(config, *, model=None, dataset=None, devices=None) -> Experiment:
@@ -172,7 +167,7 @@ def build(config, *, model=None, dataset=None, devices=None) -> Experiment:
   abstract_state = jax.tree.map(
     lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, state_sharding
   )
-  _check_feedback_budget(config, module, info, abstract_state)
+  _check_feedback_budget(config, module, abstract_state)
   replicated = mesh_lib.replicated(mesh)
   batch_sharding = mesh_lib.batch_sharding(mesh)
   # Every jit below gets fajax's CPU compiler options (None off CPU or with config.fast_cpu off).
