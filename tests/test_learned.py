@@ -114,6 +114,43 @@ def test_conv_primitive_gradients_by_hand_and_in_another_layout(name):
   np.testing.assert_allclose(got_nchw, to_oihw(want), rtol=1e-4, atol=1e-5)
 
 
+def _maps_compiled(objective, x, w, b, apply, features):
+  """How many linear maps (dots, convolutions) XLA runs for the objective's gradient."""
+  fn = lambda x, w, b: learned.feedback_gradient(objective, x, w, b, apply, features)
+  hlo = jax.jit(fn).lower(x, w, b).compile().as_text()
+  return hlo.count(" dot(") + hlo.count(" convolution(")
+
+
+OBJECTIVES = {  # rule: (objective, maps of its gradient: closed form; autodiff of the values)
+  "wm": (dict(decay=1.0, amp=2.0), 2),
+  "aa": (dict(sparse=1.5, amp=1.0), 2),  # autodiff: x W, x B and the transpose (3)
+  "ia": (dict(amp=1.0, null=0.5, decay=2.0), 3),  # autodiff: 4 (amp and null transposed apart)
+  "all": (dict(decay=0.5, self=1.0, amp=2.0, sparse=1.5, null=0.5), 5),
+}
+
+
+@pytest.mark.parametrize("rule", OBJECTIVES)
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_closed_form_gradients_equal_autodiff_with_fewer_maps(rule, kind):
+  spec, maps = OBJECTIVES[rule]
+  rng = np.random.default_rng(2)
+  if kind == "dense":
+    shapes, features = ((64, 96), (96, 48), (96, 48)), 48
+    apply = lambda x, k: lax.dot_general(x, k, (((1,), (0,)), ((), ())))
+  else:
+    shapes, features = ((4, 9, 9, 6), (3, 3, 6, 8), (3, 3, 6, 8)), 8
+    kw = dict(window_strides=(2, 1), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    apply = lambda x, k: lax.conv_general_dilated(x, k, **kw)
+  x, w, b = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes)
+  objective = learned.terms(spec)
+  got = learned.feedback_gradient(objective, x, w, b, apply, features)
+  layer = lambda b: learned.Layer(x=x, w=w, b=b, apply=apply, features=features)
+  want = jax.grad(lambda b: learned.value(objective, layer(b)))(b)  # autodiff of the values
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+  # The closed forms share the maps: fewer than autodiff runs for aa and ia (the step's cost).
+  assert _maps_compiled(objective, x, w, b, apply, features) == maps
+
+
 def sown_gradients(model, variables, x, step=0):
   with layers.capture_feedback_grads():
     _, mutated = model.apply(
