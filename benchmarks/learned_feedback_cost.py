@@ -9,6 +9,9 @@ a fixed batch of the embedded digits resized to the model's input (mnist_net: 28
 job's batch 64 and Adam; resnet20: 32x32x3, batch 64, SGD momentum). Each round runs k steps of
 every rule in turn (bp first), so machine drift hits every rule alike; reported: the median step
 time over rounds and its ratio to bp's.
+
+`--rules bp,aa,aa:autodiff` also times a rule with its B gradient taken by autodiff of the
+primitives' values (what fajax.learned did before its closed forms), for a before/after ratio.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 import jax
 from hardware_info import cpu_model  # benchmarks/ is the script directory
 
-from fajax import table
+from fajax import learned, rules, table
 from fajax.train import build as build_lib
 from fajax.train import loop as loop_lib
 
@@ -31,13 +34,40 @@ SETTINGS = {
 }
 
 
+def autodiff_options(name):
+  """Options of a `learned` rule with `name`'s objective, its gradient taken by autodiff.
+
+  The primitives are registered again under new names: `fajax.learned` uses its closed forms only
+  for the built-in names, and differentiates any other primitive with jax.grad.
+  """
+  rule = rules.get(name)
+  for term, _ in rule.objective():
+    learned.register_primitive(f"{term}_autodiff", learned.PRIMITIVES[term])
+  return dict(
+    terms={f"{term}_autodiff": c for term, c in rule.objective()},
+    noise_std=rule.noise_std,
+    sample_every=rule.sample_every,
+  )
+
+
+def gflops(step, state, batch) -> float:
+  """XLA's FLOP count of the compiled step (exact, unlike the times on a shared machine)."""
+  cost = step.lower(state, batch).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan"))) / 1e9
+
+
 def make_step(model, rule, batch_size):
   s = SETTINGS[model]
+  options = {}
+  if rule.endswith(":autodiff"):
+    rule, options = "learned", autodiff_options(rule.split(":")[0])
   config = table.experiment_config("bp", {"model": model}, runlocal_size=s["image_size"])
   table.runlocal(config, image_size=s["image_size"], channels=s["channels"])
   config.update(
     dict(
       rule=rule,
+      rule_options=options,
       batch_size=batch_size,
       optimizer=s["optimizer"],
       learning_rate=s["learning_rate"],
@@ -62,9 +92,10 @@ def main(argv):
   rules = args.rules.split(",")
   print(f"CPU: {cpu_model()}, {jax.device_count()} device(s), batch {args.batch_size}")
   for model in args.models.split(","):
-    steps = {}
+    steps, flops = {}, {}
     for rule in rules:
       step, state, batch = make_step(model, rule, args.batch_size)
+      flops[rule] = gflops(step, state, batch)
       for _ in range(2):  # compile and warm up
         state, metrics = step(state, batch)
       jax.block_until_ready(metrics)
@@ -81,10 +112,13 @@ def main(argv):
         steps[rule][1] = state
     base = statistics.median(times[rules[0]])
     print(f"\n{model}: median step time over {args.rounds} rounds of {args.steps} steps")
-    print(f"| rule | ms/step | ratio to {rules[0]} |\n|---|---|---|")
+    print(f"| rule | ms/step | ratio to {rules[0]} | GFLOP | FLOP ratio |\n|---|---|---|---|---|")
     for rule in rules:
       median = statistics.median(times[rule])
-      print(f"| {rule} | {1000 * median:.1f} | {median / base:.2f} |")
+      ratio = flops[rule] / flops[rules[0]]
+      print(
+        f"| {rule} | {1000 * median:.1f} | {median / base:.2f} | {flops[rule]:.2f} | {ratio:.2f} |"
+      )
 
 
 if __name__ == "__main__":
