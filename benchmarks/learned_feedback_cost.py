@@ -10,8 +10,10 @@ job's batch 64 and Adam; resnet20: 32x32x3, batch 64, SGD momentum). Each round 
 every rule in turn (bp first), so machine drift hits every rule alike; reported: the median step
 time over rounds and its ratio to bp's.
 
-`--rules bp,aa,aa:autodiff` also times a rule with its B gradient taken by autodiff of the
-primitives' values (what fajax.learned did before its closed forms), for a before/after ratio.
+`--feedback_optimizer sgd` trains B by plain SGD (as RESULTS.md's sa row that matches bp) instead
+of W's optimizer. `--rules bp,aa,aa:autodiff` also times a rule with its B gradient taken by
+autodiff of the primitives' values (what fajax.learned did before its closed forms), for a
+before/after ratio.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def gflops(step, state, batch) -> float:
   return float(cost.get("flops", float("nan"))) / 1e9
 
 
-def make_step(model, rule, batch_size):
+def make_step(model, rule, batch_size, feedback_optimizer=None):
   s = SETTINGS[model]
   options = {}
   if rule.endswith(":autodiff"):
@@ -73,6 +75,7 @@ def make_step(model, rule, batch_size):
       learning_rate=s["learning_rate"],
       mesh={"data": 1, "model": 1},
       num_steps=1000,
+      feedback_optimizer=feedback_optimizer,
     )
   )
   exp = build_lib.build(config)
@@ -88,13 +91,14 @@ def main(argv):
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--steps", type=int, default=5, help="steps timed per rule per round")
+  parser.add_argument("--feedback_optimizer", default=None, help="B's optimizer (default: W's)")
   args = parser.parse_args(argv)
   rules = args.rules.split(",")
   print(f"CPU: {cpu_model()}, {jax.device_count()} device(s), batch {args.batch_size}")
   for model in args.models.split(","):
     steps, flops = {}, {}
     for rule in rules:
-      step, state, batch = make_step(model, rule, args.batch_size)
+      step, state, batch = make_step(model, rule, args.batch_size, args.feedback_optimizer)
       flops[rule] = gflops(step, state, batch)
       for _ in range(2):  # compile and warm up
         state, metrics = step(state, batch)
