@@ -223,9 +223,15 @@ def _builtin_gradient(c: Mapping[str, float], layer: Layer) -> jax.Array:
     return grad
   scale = 1.0 / layer.positions
   if not n:
-    return grad + _kernel_transpose(
-      layer, layer.x, scale * layer.apply(layer.x, s * layer.b - a * layer.w)
-    )
+    # With one of the two terms the coefficient scales the (small) map output, not a kernel: XLA
+    # keeps 0 * B (NaN semantics), and either product would be a pass over a whole kernel.
+    if s and a:
+      out = scale * layer.apply(layer.x, s * layer.b - a * layer.w)
+    elif s:
+      out = (s * scale) * layer.backward_projection
+    else:
+      out = (-a * scale) * layer.forward
+    return grad + _kernel_transpose(layer, layer.x, out)
   y = layer.forward
   r = layer.reconstruction
   if s:
