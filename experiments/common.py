@@ -52,7 +52,12 @@ ROWS: dict[str, tuple[str, dict]] = {
   "frsf": ("frSF", {"rule": "frsf"}),
   # Learned feedback (docs/learned_feedback.md): Akrout et al. 2019, Kunin et al. 2020.
   "bp_wm": ("Weight Mirror", {"rule": "wm"}),
-  "bp_sa": ("Symmetric Alignment", {"rule": "sa"}),
+  # B by plain SGD at 0.5 (ours, not the paper's): every step moves B half way to (beta/alpha) W in
+  # every layer alike; with W's Adam, B trails a fast-moving W and the loss spikes (RESULTS.md).
+  "bp_sa": (
+    "Symmetric Alignment",
+    {"rule": "sa", "feedback_optimizer": "sgd", "feedback_learning_rate": 0.5},
+  ),
   "bp_aa": ("Activation Alignment", {"rule": "aa"}),
   "bp_ia": ("Information Alignment", {"rule": "ia"}),
 }
