@@ -1,7 +1,7 @@
 """Input-pipeline throughput (images/s) of each fajax.data preprocessing path on this machine.
 
-    python benchmarks/data_throughput.py                # every path, ~10 s each
-    python benchmarks/data_throughput.py --paths cifar10_24_train --seconds 5
+    python -m benchmarks.data_throughput                # every path, ~10 s each
+    python -m benchmarks.data_throughput --paths cifar10_24_train --seconds 5
 
 Prints a markdown table (recorded in benchmarks/results/data_throughput.md).
 
@@ -19,9 +19,9 @@ import os
 import time
 
 import numpy as np
-from hardware_info import cpu_model  # benchmarks/ is the script directory
 
 import fajax.data as data
+from benchmarks.hardware_info import cpu_model
 
 # name -> (dataset, split, options, mock pool image shape or None for the embedded sets)
 PATHS = {

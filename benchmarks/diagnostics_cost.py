@@ -1,7 +1,7 @@
 """Cost of the alignment diagnostics, and the alignment curves of fa / usf / bp on the MNIST net.
 
-    python benchmarks/diagnostics_cost.py                 # both; writes the two outputs below
-    python benchmarks/diagnostics_cost.py --skip_curves   # the timing only (about a minute)
+    python -m benchmarks.diagnostics_cost                 # both; writes the two outputs below
+    python -m benchmarks.diagnostics_cost --skip_curves   # the timing only (about a minute)
 
 1. Timing, in one process: the paper's MNIST net (`fajax.models.get("mnist_net")`, rule fa) on
    one batch, three jitted steps timed interleaved (median of --reps): the plain train step
@@ -29,12 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from hardware_info import cpu_model  # benchmarks/ is the script directory
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import fajax  # noqa: E402
-from fajax import diagnostics, models, plotting  # noqa: E402
+import fajax
+from benchmarks.hardware_info import cpu_model
+from fajax import diagnostics, models, plotting
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "diagnostics_cost.md")
@@ -154,7 +152,7 @@ def main():
   parser.add_argument("--png", default=PNG)
   args = parser.parse_args()
 
-  command = "python benchmarks/diagnostics_cost.py " + " ".join(sys.argv[1:])
+  command = "python -m benchmarks.diagnostics_cost " + " ".join(sys.argv[1:])
   lines = [
     "# Cost of the alignment diagnostics",
     "",

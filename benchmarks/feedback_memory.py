@@ -1,6 +1,6 @@
 """Feedback memory of each rule next to the forward weights, from shapes alone (no allocation).
 
-    python benchmarks/feedback_memory.py        # a few seconds; writes the file below
+    python -m benchmarks.feedback_memory        # a few seconds; writes the file below
 
 For the paper's MNIST net (28x28x1), CIFAR-10 arch 1 (24x24x3 crops), AlexNet at ImageNet size
 (224x224x3, 1000 classes) and ImageNet arch 2 (AlexNet with batch norm), and rules bp, fa, usf,
@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import datetime
 import os
-import sys
 import time
 
 import jax
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from fajax import models  # noqa: E402
-from fajax.models import stats  # noqa: E402
+from fajax import models
+from fajax.models import stats
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "feedback_memory.md")
@@ -66,7 +63,7 @@ def write(rows, biggest):
   lines = [
     "# Feedback memory by rule (fp32), next to the forward weights",
     "",
-    f"Command: `python benchmarks/feedback_memory.py` ({datetime.date.today()}, "
+    f"Command: `python -m benchmarks.feedback_memory` ({datetime.date.today()}, "
     f"jax {jax.__version__}, {jax.devices()[0].platform}).",
     "Computed with `fajax.models.stats.feedback_memory` (`jax.eval_shape` of `model.init`: "
     "shapes only, nothing allocated). "

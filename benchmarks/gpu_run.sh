@@ -37,8 +37,7 @@ left() { echo $((TOTAL - ($(date +%s) - START))); }
 } >>"$LOG" 2>&1
 nvidia-smi >"$OUT/nvidia_smi.txt" 2>&1 || true
 # Fail fast (seconds, not minutes of device time) if fajax cannot be imported here.
-if ! "$PY" -c "import sys; sys.path.insert(0, 'benchmarks'); import step_time, torch_peer" \
-  >>"$LOG" 2>&1; then
+if ! "$PY" -c "import benchmarks.step_time, benchmarks.torch_peer" >>"$LOG" 2>&1; then
   echo "preflight: fajax does not import with $PY; see $LOG" | tee -a "$LOG"
   tail -n 30 "$LOG"
   exit 1
@@ -75,7 +74,7 @@ run_part() {  # name, time limit, args...
   [ "$limit" -gt "$budget" ] && limit=$budget
   echo "== $name (limit ${limit}s, $(left)s left): $*" >>"$LOG"
   timeout --signal=TERM --kill-after=10 "$limit" \
-    "$PY" benchmarks/step_time.py "$@" --out "$OUT/part_$name" >>"$LOG" 2>&1
+    "$PY" -m benchmarks.step_time "$@" --out "$OUT/part_$name" >>"$LOG" 2>&1
   echo "== $name exit $? after $(($(date +%s) - START))s" >>"$LOG"
   rm -f "$OUT/part_$name.md"  # the merged table has it.
 }
@@ -95,7 +94,7 @@ else
   echo "== alexnet skipped: $(left)s left" >>"$LOG"
 fi
 
-"$PY" benchmarks/step_time.py --merge "$OUT/part_small.json" "$OUT/part_resnet18.json" \
+"$PY" -m benchmarks.step_time --merge "$OUT/part_small.json" "$OUT/part_resnet18.json" \
   "$OUT/part_alexnet.json" --out "$OUT/step_time_gpu" >>"$LOG" 2>&1
 echo "gpu_run.sh end after $(($(date +%s) - START))s" >>"$LOG"
 grep -E "^(==|gpu_run|jax|torch|\[)" "$LOG"

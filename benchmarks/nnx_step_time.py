@@ -1,7 +1,7 @@
 """Train-step time of an NNX model (through fajax.nnx.Bridge) against its Linen twin.
 
-    python benchmarks/nnx_step_time.py                         # mnist_net, bp/fa/usf, ~3 minutes
-    python benchmarks/nnx_step_time.py --models mnist_net,resnet20 --rules bp,fa,usf,brsf
+    python -m benchmarks.nnx_step_time                         # mnist_net, bp/fa/usf, ~3 minutes
+    python -m benchmarks.nnx_step_time --models mnist_net,resnet20 --rules bp,fa,usf,brsf
 
 What is timed: the trainer's own jitted, donated train step (`fajax.train.build.build(...)
 .train_step`, one device) for the same config, once with the Linen zoo model
@@ -32,14 +32,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hardware_info import cpu_model  # benchmarks/ is the script directory
+
+from benchmarks.hardware_info import cpu_model
+from fajax import train
+from fajax.nnx import models as nnx_models
+from fajax.train import build as build_lib
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
-
-from fajax import train  # noqa: E402
-from fajax.nnx import models as nnx_models  # noqa: E402
-from fajax.train import build as build_lib  # noqa: E402
 
 DATASETS = {"mnist_net": "mnist5k", "resnet20": "cifar10"}
 

@@ -1,8 +1,8 @@
 """Train-step time of every learning rule against backprop, and against the PyTorch peer.
 
-    python benchmarks/step_time.py                      # CPU defaults -> results/step_time_cpu.*
-    python benchmarks/step_time.py --models mnist_net --rules bp,fa,usf --rounds 3
-    python benchmarks/step_time.py --merge a.json b.json --out benchmarks/results/step_time_gpu
+    python -m benchmarks.step_time                      # CPU defaults -> results/step_time_cpu.*
+    python -m benchmarks.step_time --models mnist_net --rules bp,fa,usf --rounds 3
+    python -m benchmarks.step_time --merge a.json b.json --out benchmarks/results/step_time_gpu
 
 What is timed: the trainer's own jitted train step, built by `fajax.train.build` from a config
 (`optimizer='momentum'`, learning rate 0.1, weight decay 5e-4 on kernels, one device, the state
@@ -54,19 +54,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from hardware_info import cpu_model  # benchmarks/ is the script directory
+
+from benchmarks.hardware_info import cpu_model
+from fajax import compile as compile_lib
+from fajax import models as models_lib
+from fajax import rules as rules_lib
+from fajax import train
+from fajax.data import registry as data_registry
+from fajax.train import build as build_lib
+from fajax.train import state as state_lib
+from fajax.train import step as step_lib
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
-
-from fajax import compile as compile_lib  # noqa: E402
-from fajax import models as models_lib  # noqa: E402
-from fajax import rules as rules_lib  # noqa: E402
-from fajax import train  # noqa: E402
-from fajax.data import registry as data_registry  # noqa: E402
-from fajax.train import build as build_lib  # noqa: E402
-from fajax.train import state as state_lib  # noqa: E402
-from fajax.train import step as step_lib  # noqa: E402
 
 # The module, not the function `fajax.train.dry_run` that the package exports under its name.
 dry_run_lib = importlib.import_module("fajax.train.dry_run")
@@ -291,7 +290,7 @@ def _peer_runners(args, model, rules, batch, shape, num_classes):
   """The PyTorch peer's runners {rule: Runner} for `model`, its implementation, and a note."""
   if args.peer == "none":
     return {}, None, "peer disabled (--peer none)"
-  import torch_peer
+  from benchmarks import torch_peer
 
   if model not in torch_peer.MODELS:
     return {}, None, f"no PyTorch peer for {model}"
@@ -708,7 +707,8 @@ def main(argv=None):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
       import torch
-      import torch_peer
+
+      from benchmarks import torch_peer
 
       # XLA:CPU sizes its thread pool by the CPUs this process may use; the peer gets as many.
       peer_threads = args.peer_threads or len(os.sched_getaffinity(0))
@@ -720,7 +720,7 @@ def main(argv=None):
       args.peer = "none"
 
   result = {
-    "command": "python benchmarks/step_time.py "
+    "command": "python -m benchmarks.step_time "
     + " ".join(argv if argv is not None else sys.argv[1:]),
     "hardware": hardware(peer_threads),
     "settings": {

@@ -1,7 +1,7 @@
 """Trainer step time on 1 vs 8 (fake) devices, and checkpoint save time.
 
-  python benchmarks/trainer_scaling.py    # writes benchmarks/results/trainer_scaling.md
-  python benchmarks/trainer_scaling.py --model=mnist_net --batch_size=128 --steps=30
+  python -m benchmarks.trainer_scaling    # writes benchmarks/results/trainer_scaling.md
+  python -m benchmarks.trainer_scaling --model=mnist_net --batch_size=128 --steps=30
 
 A process has a fixed number of devices, so each device count runs in its own subprocess with
 XLA_FLAGS=--xla_force_host_platform_device_count=N and the same config (batch sharded over
@@ -31,7 +31,6 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results", "trainer_scaling.md")
 
 def child(args):
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
-  sys.path.insert(0, ROOT)
   import jax
 
   from fajax import train
@@ -96,10 +95,10 @@ def child(args):
 
 
 def run_child(args, devices):
-  cmd = [sys.executable, os.path.abspath(__file__), "--child", f"--devices={devices}"]
+  cmd = [sys.executable, "-m", "benchmarks.trainer_scaling", "--child", f"--devices={devices}"]
   for key in ("dataset", "model", "rule", "batch_size", "steps", "warmup"):
     cmd.append(f"--{key}={getattr(args, key)}")
-  out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
   if out.returncode:
     raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
   line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
@@ -125,7 +124,7 @@ def main():
   results = [run_child(args, n) for n in (1, 8)]
   one, eight = results
   ratio = eight["step_median_s"] / one["step_median_s"]
-  command = "python benchmarks/trainer_scaling.py " + " ".join(sys.argv[1:])
+  command = "python -m benchmarks.trainer_scaling " + " ".join(sys.argv[1:])
   rows = [
     f"| {r['devices']} | {1e3 * r['step_median_s']:.1f} | {1e3 * r['step_min_s']:.1f} | "
     f"{r['images_per_s']:.0f} | {r['first_step_s']:.1f} |"

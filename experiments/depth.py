@@ -8,8 +8,8 @@ Each point trains 3 epochs of the 4,000 mnist5k training digits (28x28x1, Adam 1
 batch 64) and is tested on the 1,000 test digits. Rows: BP, FA, FA-uSF SN, FA-uSF Init.,
 FA-uSF Init. E/I, DFA and BP + Alignment (Kolen-Pollack); 7 rows x 4 depths x 3 seeds = 84 runs.
 
-  python launch/sweep.py --config=experiments/depth.py --seeds=3 --workdir=workdirs/depth
-  python launch/sweep.py --config=experiments/depth.py:runlocal --workdir=/tmp/depth  # seconds
+  python -m launch.sweep --config=experiments/depth.py --seeds=3 --workdir=workdirs/depth
+  python -m launch.sweep --config=experiments/depth.py:runlocal --workdir=/tmp/depth  # seconds
 
 The report (workdir/report.md, depth.png) gives test error vs depth per rule, mean ± std over
 seeds. CPU time of the whole study: 41 min (2,177 s user + 310 s sys) on a 2-core Intel Xeon,
@@ -19,7 +19,7 @@ Expected test error (%, mean of 3 seeds, RESULTS.md) at depth 2 / 4 / 8 / 16: BP
 17.2 / 41.4.
 """
 
-from fajax import table
+from experiments import common
 
 ROWS = ("bp", "fa", "usf_sn", "usf_init", "usf_init_ei", "dfa", "bp_align")
 COLUMN = "depth"
@@ -45,10 +45,7 @@ SETTINGS = {
 
 def get_config(arg=None):
   """The config of one row at depth 2: 'usf_sn', 'fa,runlocal', ... (the sweep sets the depth)."""
-  _, modifiers = table.parse_arg(arg)
-  if "full" in modifiers:
-    raise ValueError("experiments/depth.py runs on the embedded digits only; drop 'full'.")
-  return table.experiment_config(arg, SETTINGS, runlocal_size=28, runlocal_channels=1)
+  return common.experiment_config(arg, SETTINGS, runlocal_size=28, runlocal_channels=1)
 
 
 def axis(point) -> tuple[str, int]:
@@ -58,10 +55,10 @@ def axis(point) -> tuple[str, int]:
 
 def get_sweep(arg=None):
   """Every row at every depth, one seed (--seeds=3 for the study)."""
-  _, modifiers = table.parse_arg(arg)
+  _, modifiers = common.parse_arg(arg)
   depths = RUNLOCAL_DEPTHS if "runlocal" in modifiers else DEPTHS
   return [
     {**point, "model_options.convs_per_stage": depth // len(STAGES)}
     for depth in depths
-    for point in table.sweep(ROWS, seeds=(0,))
+    for point in common.sweep(ROWS, seeds=(0,))
   ]

@@ -1,23 +1,33 @@
 """ImageNet arch 1 (paper.md): the arch-1 net on 32x32 downsampled ImageNet (imagenet_resized).
 
-  python launch/main.py --config=experiments/imagenet_arch1.py:usf_sn --workdir=workdirs/in1/usf_sn
-  python launch/sweep.py --config=experiments/imagenet_arch1.py --workdir=workdirs/in1
-  python launch/main.py --config=experiments/imagenet_arch1.py:fa,runlocal --workdir=/tmp/r  # CPU
+  python -m launch.main --config=experiments/imagenet_arch1.py:usf_sn --workdir=workdirs/in1/usf_sn
+  python -m launch.sweep --config=experiments/imagenet_arch1.py --workdir=workdirs/in1
+  python -m launch.main --config=experiments/imagenet_arch1.py:fa,runlocal --workdir=/tmp/r  # CPU
 
-Needs tfds imagenet_resized/32x32 prepared. Expected top-1 error (paper): BP 79.5,
-BP + Noise 79.2, BP + Alignment 79.4, FA 95.2, FA-uSF Init. E/I 86.9, FA-uSF Init. 79.6,
-FA-uSF SN 78.9 (%).
+Needs tfds imagenet_resized/32x32 prepared. Expected top-1 error: `REFERENCE` below (the
+paper's).
 """
 
-from fajax import table
+from experiments import common
 
 ROWS = (
   "bp", "bp_noise", "bp_align", "fa", "usf_init_ei", "usf_init", "usf_sn",
-) + table.LEARNED_ROWS  # fmt: skip
+) + common.LEARNED_ROWS  # fmt: skip
 COLUMN = "imagenet_arch1"
+# The paper's top-1 error (%), full datasets (paper.md): the report's reference column.
+REFERENCE_SOURCE = common.PAPER
+REFERENCE = dict(
+  bp=79.5,
+  bp_noise=79.2,
+  bp_align=79.4,
+  fa=95.2,
+  usf_init_ei=86.9,
+  usf_init=79.6,
+  usf_sn=78.9,
+)
 
 SETTINGS = {
-  **table.IMAGENET_RECIPE,
+  **common.IMAGENET_RECIPE,
   "model": "imagenet_arch1",
   "dataset": "imagenet_resized",
   "dataset_options": {"image_size": 32},
@@ -35,9 +45,9 @@ SETTINGS = {
 
 def get_config(arg=None):
   """The config of one row: 'usf_sn', 'fa,runlocal', ..."""
-  return table.experiment_config(arg, SETTINGS, runlocal_size=32)
+  return common.experiment_config(arg, SETTINGS, runlocal_size=32)
 
 
 def get_sweep(arg=None):
   """Every row of the column, one seed."""
-  return table.sweep(ROWS, seeds=(0,))
+  return common.sweep(ROWS, seeds=(0,))

@@ -1,16 +1,16 @@
 """A tiny smoke config: the MNIST net on the embedded 8x8 digits, 50 steps, about a minute on CPU.
 
-  python launch/main.py --config=experiments/tiny.py --workdir=/tmp/tiny
-  python launch/main.py --config=experiments/tiny.py:usf --workdir=/tmp/tiny_usf  # another rule
-  python launch/main.py --config=experiments/tiny.py --dry_run --fake_devices=64
-  python launch/sweep.py --config=experiments/tiny.py --workdir=/tmp/tiny_sweep  # bp and fa
+  python -m launch.main --config=experiments/tiny.py --workdir=/tmp/tiny
+  python -m launch.main --config=experiments/tiny.py:usf --workdir=/tmp/tiny_usf  # another rule
+  python -m launch.main --config=experiments/tiny.py --dry_run --fake_devices=64
+  python -m launch.sweep --config=experiments/tiny.py --workdir=/tmp/tiny_sweep  # bp and fa
 
 The argument after ':' is a rule name (default bp). It checks the whole pipeline (data, model,
 rule, sharded step, checkpoints, metrics, eval), not accuracy: expect a test top-1 error of about
 0.1-0.3 after 50 steps for bp.
 """
 
-from fajax import table
+from experiments import common
 from fajax.train import default_config
 
 ROWS = ("bp", "fa")  # Table rows that are also rule names: the smallest sweep.
@@ -37,4 +37,4 @@ def get_config(arg=None):
 def get_sweep(arg=None):
   """bp and fa, one seed: a smoke test of launch/sweep.py and of its --emit_commands."""
   del arg
-  return table.sweep(ROWS, seeds=(0,))
+  return common.sweep(ROWS, seeds=(0,))

@@ -15,7 +15,7 @@ from fajax.layers import Conv, Dense, convert
 
 __version__ = "0.1.0"
 
-_LAZY = ("train", "compile", "diagnostics", "plotting", "report", "table", "nnx")
+_LAZY = ("train", "compile", "diagnostics", "plotting", "report", "nnx")
 
 
 def __getattr__(name):
@@ -41,6 +41,5 @@ __all__ = [
   "primitives",
   "report",
   "rules",
-  "table",
   "train",
 ]

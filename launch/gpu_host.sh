@@ -53,12 +53,12 @@ case "${1:-}" in
     ;;
   run)
     config="${2:?config file[:row]}"; workdir="${3:?workdir}"; shift 3
-    requeue_on_preemption python launch/main.py --config="$config" --workdir="$workdir" \
+    requeue_on_preemption python -m launch.main --config="$config" --workdir="$workdir" \
       ${distributed[@]+"${distributed[@]}"} "$@"
     ;;
   sweep)
     config="${2:?config file}"; workdir="${3:?workdir}"; shift 3
-    requeue_on_preemption python launch/sweep.py --config="$config" --workdir="$workdir" \
+    requeue_on_preemption python -m launch.sweep --config="$config" --workdir="$workdir" \
       ${distributed[@]+"${distributed[@]}"} "$@"
     ;;
   *)

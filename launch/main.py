@@ -1,8 +1,10 @@
 """Trains one config: parses flags and calls fajax.train.train_and_evaluate (or dry_run).
 
-  python launch/main.py --config=experiments/tiny.py --workdir=/tmp/tiny
-  python launch/main.py --config=experiments/mnist_net.py:usf_sn --config.rule=fa --workdir=/tmp/r
-  python launch/main.py --config=experiments/resnet18.py --dry_run --fake_devices=64
+Run from the repository root (the experiment configs import `experiments.common` from there):
+
+  python -m launch.main --config=experiments/tiny.py --workdir=/tmp/tiny
+  python -m launch.main --config=experiments/mnist_net.py:usf_sn --config.rule=fa --workdir=/tmp/r
+  python -m launch.main --config=experiments/resnet18.py --dry_run --fake_devices=64
 
 --config=<file>.py[:<arg>] loads get_config(<arg>) from the file; --config.<field>=<value>
 overrides any field. Running the same command again resumes from the workdir's newest checkpoint.
@@ -28,9 +30,6 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
-
-# Lets `python launch/main.py` find the fajax package of this checkout without installing it.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # New attributes: `--config.rule_options.scale=sn` adds a key to an option dict (a misspelt
 # top-level field is still refused, by fajax.train.validate).

@@ -1,36 +1,34 @@
 """Runs the sweep a config declares: every point in turn on this machine, or one command each.
 
-  python launch/sweep.py --config=experiments/mnist_net.py --workdir=workdirs/mnist_table
-  python launch/sweep.py --config=experiments/mnist_net.py:full --config.num_epochs=10 --workdir=w
-  python launch/sweep.py --config=experiments/mnist_net.py --seeds=3 --workdir=workdirs/mnist3
-  python launch/sweep.py --config=experiments/resnet18.py --emit_commands --workdir=gs://b/r18
+  python -m launch.sweep --config=experiments/mnist_net.py --workdir=workdirs/mnist_table
+  python -m launch.sweep --config=experiments/mnist_net.py:full --config.num_epochs=10 --workdir=w
+  python -m launch.sweep --config=experiments/mnist_net.py --seeds=3 --workdir=workdirs/mnist3
+  python -m launch.sweep --config=experiments/resnet18.py --emit_commands --workdir=gs://b/r18
 
-A config module declares its sweep with `get_sweep(arg)` (see fajax.table.sweep). Locally, points
-run one after another, each in <workdir>/<row>-seed<k>; a finished point is skipped and an
-unfinished one resumes from its checkpoint, so the command can be rerun after a crash. A finished
-point made with other settings (another learning rate, say) is not reused: the sweep names the
-point and the values and stops, asking for another workdir. Overrides given as
---config.<field>=<value> (or --config.rule_options.<key>=<value>) apply to every point; --seeds=N
-runs seeds 0..N-1 of every point and the report shows their mean ± std (n). At the end the table
-is printed and written with its plots to <workdir>/report.md. With --emit_commands nothing runs:
-one `launch/main.py` command per point is printed, for a cluster's launcher or a TPU VM script.
+Run from the repository root. A config module declares its sweep with `get_sweep(arg)` (see
+experiments.common.sweep). Locally, points run one after another, each in
+<workdir>/<row>-seed<k>; a finished point is skipped and an unfinished one resumes from its
+checkpoint, so the command can be rerun after a crash. A finished point made with other settings
+(another learning rate, say) is not reused: the sweep names the point and the values and stops,
+asking for another workdir. Overrides given as --config.<field>=<value> (or
+--config.rule_options.<key>=<value>) apply to every point; --seeds=N runs seeds 0..N-1 of every
+point and the report shows their mean ± std (n). At the end the table is printed and written with
+its plots to <workdir>/report.md. With --emit_commands nothing runs: one `python -m launch.main`
+command per point is printed, for a cluster's launcher or a TPU VM script.
 """
 
 import importlib.util
 import json
-import os
 import shlex
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jax  # noqa: E402
-
-from fajax import report, table  # noqa: E402
-from fajax.train import (  # noqa: E402
+from experiments import common
+from fajax import report
+from fajax.train import (
   Preempted,
   distributed,
   errors,
@@ -39,13 +37,13 @@ from fajax.train import (  # noqa: E402
   resume,
   train_and_evaluate,
 )
-from fajax.train import config as config_lib  # noqa: E402
+from fajax.train import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file[:arg].", lock_config=False, accept_new_attributes=True
 )
 flags.DEFINE_string("workdir", None, "Folder holding one run directory per sweep point.")
-flags.DEFINE_bool("emit_commands", False, "Print one launch/main.py command per point; run none.")
+flags.DEFINE_bool("emit_commands", False, "Print one launch.main command per point; run none.")
 flags.DEFINE_bool("report", True, "Print and write the table when the sweep is done.")
 flags.DEFINE_list(
   "rows", None, "Run these rows of the config (default: the rows of its sweep, get_sweep)."
@@ -96,14 +94,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   spec = config_flags.get_config_filename(FLAGS["config"])
   path, _, arg = spec.partition(":")
-  _, modifiers = table.parse_arg(arg)
+  _, modifiers = common.parse_arg(arg)
   module = _load_module(path)
   overrides = config_flags.get_override_values(FLAGS["config"])
   points = module.get_sweep(arg)
   if "seed" in overrides:  # Each point sets its own seed; an override would mislabel them all.
     raise app.UsageError("Give --seeds=N (seeds 0..N-1 per point) instead of --config.seed.")
   if FLAGS.seeds is not None:
-    points = table.with_seeds(points, FLAGS.seeds)
+    points = common.with_seeds(points, FLAGS.seeds)
   if FLAGS.rows:
     unknown = sorted(set(FLAGS.rows) - set(module.ROWS))
     if unknown:
@@ -112,25 +110,28 @@ def main(argv):
     # job) runs with the seeds of the default sweep.
     extra = [r for r in FLAGS.rows if r not in {p["row"] for p in points}]
     seeds = sorted({p["seed"] for p in points}) or [0]
-    points = [p for p in points if p["row"] in FLAGS.rows] + table.sweep(extra, seeds=seeds)
+    points = [p for p in points if p["row"] in FLAGS.rows] + common.sweep(extra, seeds=seeds)
   run_dirs, other_settings = [], []
   for i, point in enumerate(points):
-    name = table.point_name(point)
+    name = common.point_name(point)
     run_dir = paths.join(FLAGS.workdir, name)
     run_dirs.append(run_dir)
     config_arg = ",".join([point["row"], *sorted(modifiers)])
     point_overrides = {k: v for k, v in point.items() if k != "row"}
+    # Built for --emit_commands too: a refused argument (e.g. 'full' where the config has no
+    # full-size variant) stops here rather than in every emitted command.
+    config = module.get_config(config_arg)
     if FLAGS.emit_commands:
       command = [
         "python",
-        "launch/main.py",
+        "-m",
+        "launch.main",
         f"--config={path}:{config_arg}",
         f"--workdir={run_dir}",
       ]
       command += _override_flags({**point_overrides, **overrides})
       print(shlex.join(command))
       continue
-    config = module.get_config(config_arg)
     config_lib.apply_overrides(config, {**point_overrides, **overrides})
     if paths.exists(paths.join(run_dir, DONE_FILE)):
       diffs = _settings_changed(run_dir, config)
@@ -141,7 +142,7 @@ def main(argv):
       if diffs is not None:  # None: only the length changed; resume and train on.
         print(f"[{i + 1}/{len(points)}] {name}: done, skipped")
         continue
-    print(f"[{i + 1}/{len(points)}] {name}: {table.label(point['row'])}", flush=True)
+    print(f"[{i + 1}/{len(points)}] {name}: {common.label(point['row'])}", flush=True)
     if config.distributed:  # Before the first file is written: only process 0 writes them.
       distributed.initialize()
     primary = jax.process_index() == 0
@@ -170,7 +171,7 @@ def main(argv):
       "old ones."
     )
   if FLAGS.report and not FLAGS.emit_commands and jax.process_index() == 0:
-    print(report.write_report(run_dirs, FLAGS.workdir))
+    print(report.write_report(run_dirs, FLAGS.workdir, common.report_table(module)))
     print(f"Report with plots: {paths.join(FLAGS.workdir, 'report.md')}")
 
 

@@ -41,13 +41,13 @@ case "${1:-}" in
     ;;
   run)
     config="${2:?config file[:row]}"; workdir="${3:?workdir, e.g. gs://bucket/run}"; shift 3
-    requeue ssh_all "cd fajax && python launch/main.py --config=$config --workdir=$workdir \
+    requeue ssh_all "cd fajax && python -m launch.main --config=$config --workdir=$workdir \
       --config.distributed=True $*"
     ;;
   sweep)
-    # One run after another on the whole slice: launch/sweep.py --emit_commands prints them.
+    # One run after another on the whole slice: launch.sweep --emit_commands prints them.
     config="${2:?config file}"; workdir="${3:?workdir}"; shift 3
-    python launch/sweep.py --config="$config" --workdir="$workdir" --emit_commands "$@" |
+    python -m launch.sweep --config="$config" --workdir="$workdir" --emit_commands "$@" |
       while read -r command; do
         requeue ssh_all "cd fajax && $command --config.distributed=True"
       done

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 import fajax
-from fajax import table
+from experiments import common
 from fajax.train import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = sorted(
   f[:-3]
   for f in os.listdir(os.path.join(ROOT, "experiments"))
-  if f.endswith(".py") and f != "tiny.py"
+  if f.endswith(".py") and f not in ("tiny.py", "common.py", "__init__.py")
 )
 
 
@@ -31,26 +31,42 @@ def _load(name):
   return module
 
 
-def test_every_paper_column_has_a_config():
-  columns = {_load(name).COLUMN for name in EXPERIMENTS}
-  assert set(table.PAPER) <= columns
-  assert {"resnet20", "resnet18"} <= columns
+def test_every_paper_column_has_a_config_with_its_numbers():
+  modules = {_load(name).COLUMN: _load(name) for name in EXPERIMENTS}
+  paper = {"mnist", "cifar10_arch1", "cifar10_arch2", "imagenet_arch1", "imagenet_arch2"}
+  assert {
+    c for c, m in modules.items() if getattr(m, "REFERENCE_SOURCE", None) == common.PAPER
+  } == paper
+  for column in ("resnet20", "resnet18"):
+    assert modules[column].REFERENCE_SOURCE == common.BIOTORCH
+  for module in modules.values():  # every number is of a row the config runs
+    assert set(getattr(module, "REFERENCE", {})) <= set(module.ROWS), module.COLUMN
+  # What the report shows: the paper's plain, BioTorch's marked.
+  references = common.report_table().references
+  assert references["mnist"]["fa"] == "1.1" and references["resnet20"]["bp"] == "8.6 (BioTorch)"
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_config_rows_resolve_and_validate(name):
   module = _load(name)
-  assert module.__doc__ and "python launch/" in module.__doc__  # the run command
+  assert module.__doc__ and "python -m launch." in module.__doc__  # the run command
   for row in module.ROWS:
     for arg in (row, f"{row},runlocal"):
       config = module.get_config(arg)
       config_lib.validate(config)
-      assert config.rule == table.ROWS[row][1]["rule"]
+      assert config.rule == common.ROWS[row][1]["rule"]
       fajax.rules.get(config.rule, **config.rule_options)
   with pytest.raises(ValueError, match="valid rows"):
     module.get_config("not_a_row")
   for point in module.get_sweep(None):
     assert point["row"] in module.ROWS
+  if hasattr(module, "FULL"):  # 'full' changes what FULL says, and only that
+    full, small = module.get_config(f"{module.ROWS[0]},full"), module.get_config(module.ROWS[0])
+    assert {k: full[k] for k in module.FULL} == module.FULL
+    assert {**small.to_dict(), **module.FULL} == full.to_dict()
+  else:  # a config without a full-size variant refuses the modifier instead of ignoring it
+    with pytest.raises(ValueError, match="no full-size variant.*drop 'full'"):
+      module.get_config(f"{module.ROWS[0]},full")
 
 
 # Compiling a step takes seconds to tens of seconds per (model, rule) on 2 CPU cores, so each
@@ -86,18 +102,24 @@ def test_every_row_survives_one_jitted_step(name):
 
 def test_apply_variant_and_errors():
   c = config_lib.default_config()
-  table.apply_variant(c, "usf_const_ei")
+  common.apply_variant(c, "usf_const_ei")
   assert (c.rule, c.rule_options.scale, c.constraints) == ("usf", "init", "const,ei")
-  table.apply_variant(c, "bp_align")
-  assert c.rule == "kp" and c.weight_decay == table.KP_WEIGHT_DECAY and c.constraints == ""
+  common.apply_variant(c, "bp_align")
+  assert c.rule == "kp" and c.constraints == "" and dict(c.rule_options) == {}
+  # Kolen-Pollack's weight decay is in its row, where a reader sees it: 5e-4 in every config.
+  assert common.ROWS["bp_align"][1]["weight_decay"] == c.weight_decay == 5e-4
+  for name in EXPERIMENTS:
+    module = _load(name)
+    if "bp_align" in module.ROWS:
+      assert module.get_config("bp_align").weight_decay == 5e-4, name
   with pytest.raises(ValueError, match="valid rows"):
-    table.apply_variant(c, "nope")
+    common.apply_variant(c, "nope")
 
 
 def test_sweep_runs_resumes_and_reports(tmp_path):
   workdir = tmp_path / "sweep"
   command = [
-    sys.executable, os.path.join(ROOT, "launch", "sweep.py"),
+    sys.executable, "-m", "launch.sweep",
     "--config=experiments/mnist_net.py:runlocal", f"--workdir={workdir}", "--rows=bp,fa",
     "--config.diagnostics_every=2", "--config.progress_bar=False",
   ]  # fmt: skip
@@ -116,10 +138,10 @@ def test_sweep_runs_resumes_and_reports(tmp_path):
   again = run(command)
   assert again.returncode == 0 and again.stdout.count("done, skipped") == 2
   emitted = run(command + ["--emit_commands"])
-  lines = [x for x in emitted.stdout.splitlines() if x.startswith("python launch/main.py")]
+  lines = [x for x in emitted.stdout.splitlines() if x.startswith("python -m launch.main")]
   assert len(lines) == 2 and "--config.diagnostics_every=2" in lines[0]
   seeded = run(command + ["--emit_commands", "--seeds=3", "--rows=fa"])
-  lines = [x for x in seeded.stdout.splitlines() if x.startswith("python launch/main.py")]
+  lines = [x for x in seeded.stdout.splitlines() if x.startswith("python -m launch.main")]
   assert [x.split("--workdir=")[1].split()[0].rsplit("/", 1)[1] for x in lines] == [
     f"fa-seed{k}" for k in range(3)
   ]
@@ -132,7 +154,7 @@ def test_depth_sweep_runlocal_trains_each_depth_and_reports(tmp_path):
   """experiments/depth.py's runlocal variant end to end: one row at depths 2 and 4."""
   workdir = tmp_path / "depth"
   command = [
-    sys.executable, os.path.join(ROOT, "launch", "sweep.py"),
+    sys.executable, "-m", "launch.sweep",
     "--config=experiments/depth.py:runlocal", f"--workdir={workdir}", "--rows=fa",
     "--config.progress_bar=False",
   ]  # fmt: skip

@@ -38,7 +38,7 @@ from fajax.train import lock as lock_lib
 from fajax.train import resume
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAUNCH = os.path.join(ROOT, "launch", "main.py")
+LAUNCH = ("-m", "launch.main")  # run from ROOT, as the README says
 
 
 def experiment_config(path, arg=None):
@@ -117,7 +117,8 @@ def test_sweep_names_finished_points_made_with_other_settings(tmp_path):
   result = subprocess.run(
     [
       sys.executable,
-      os.path.join(ROOT, "launch", "sweep.py"),
+      "-m",
+      "launch.sweep",
       "--config=experiments/mnist_net.py",
       "--rows=bp",
       "--config.dataset=digits",
@@ -230,7 +231,7 @@ def _python(code, *args, env=None, **kwargs):
 
 def _launch(*args, env=None, timeout=300):
   return subprocess.run(
-    [sys.executable, LAUNCH, *args],
+    [sys.executable, *LAUNCH, *args],
     cwd=ROOT,
     env={**os.environ, **(env or {})},
     capture_output=True,
@@ -398,6 +399,10 @@ def test_every_user_mistake_is_one_sentence_before_anything_is_written(tmp_path)
       ["--config=experiments/mnist_net.py:bq"],
       "Unknown table row 'bq'; valid rows are bp, ",
     ),
+    "full where the config has no full size": (
+      ["--config=experiments/depth.py:fa,full"],
+      "This config has no full-size variant (it runs mnist5k only); drop 'full' from the config ",
+    ),
     "missing dataset": (
       [tiny, "--config.dataset=cifar10", f"--config.data_dir={tmp_path / 'tfds'}"],
       f"Dataset 'cifar10' is not prepared in {tmp_path / 'tfds'}; prepare it ",
@@ -424,7 +429,7 @@ def test_every_user_mistake_is_one_sentence_before_anything_is_written(tmp_path)
     if not any(a.startswith("--workdir") for a in args):
       args = [*args, f"--workdir={tmp_path / name.replace(' ', '_')}"]
     processes[name] = subprocess.Popen(
-      [sys.executable, LAUNCH, *args], cwd=ROOT, stderr=subprocess.PIPE, text=True
+      [sys.executable, *LAUNCH, *args], cwd=ROOT, stderr=subprocess.PIPE, text=True
     )
   for name, (_, expected) in cases.items():
     stderr = processes[name].communicate(timeout=300)[1]
@@ -438,7 +443,7 @@ def test_every_user_mistake_is_one_sentence_before_anything_is_written(tmp_path)
 
 
 def test_the_traceback_is_there_when_asked_for(tmp_path):
-  args = [LAUNCH, "--config=experiments/tiny.py", "--config.seed=-1", f"--workdir={tmp_path}"]
+  args = [*LAUNCH, "--config=experiments/tiny.py", "--config.seed=-1", f"--workdir={tmp_path}"]
   result = subprocess.run(
     [sys.executable, *args, "--verbosity=1"], cwd=ROOT, capture_output=True, text=True
   )

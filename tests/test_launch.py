@@ -1,4 +1,4 @@
-"""The launcher end to end: `python launch/main.py --config=experiments/tiny.py` in a process."""
+"""The launcher end to end: `python -m launch.main --config=experiments/tiny.py` in a process."""
 
 import json
 import os
@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def launch(*args, timeout=300):
   # The subprocess inherits conftest's XLA_FLAGS (8 fake CPU devices) unless --fake_devices says.
   result = subprocess.run(
-    [sys.executable, os.path.join(ROOT, "launch", "main.py"), *args],
+    [sys.executable, "-m", "launch.main", *args],
     cwd=ROOT,
     capture_output=True,
     text=True,
@@ -61,7 +61,8 @@ def test_launcher_refuses_a_bad_override_with_one_sentence(tmp_path):
   result = subprocess.run(
     [
       sys.executable,
-      os.path.join(ROOT, "launch", "main.py"),
+      "-m",
+      "launch.main",
       "--config=experiments/tiny.py",
       f"--workdir={tmp_path}",
       "--config.optimizer=lbfgs",

@@ -4,7 +4,10 @@ import json
 
 import pytest
 
-from fajax import plotting, report, table
+from experiments import common
+from fajax import plotting, report
+
+TABLE = common.report_table()  # the experiment configs' labels, row order and numbers
 
 LAYERS = ("conv1", "fc1", "head")
 
@@ -56,7 +59,7 @@ def drawn(monkeypatch):
 
 def test_report_table_has_seed_counts_means_and_reference_footnote(tmp_path, drawn):
   _write_runs(tmp_path, {"bp": 1, "fa": 3, "usf_sn": 2})
-  text = report.write_report([tmp_path], tmp_path / "out")
+  text = report.write_report([tmp_path], tmp_path / "out", TABLE)
   assert "| BP | 2.0 | 1 | 0.8 |" in text
   # fa: errors 5, 6, 7 -> mean 6.0, sample std 1.0, n = 3, the paper's 1.1 beside it.
   assert "| FA | 6.0 ± 1.0 | 3 | 1.1 |" in text
@@ -66,9 +69,18 @@ def test_report_table_has_seed_counts_means_and_reference_footnote(tmp_path, dra
     assert (tmp_path / "out" / name).read_bytes()[:4] in (b"# Re", b"\x89PNG")
 
 
+def test_the_library_report_knows_no_paper(tmp_path, drawn):
+  """Without the experiments' Table: row names, no reference numbers, no source named."""
+  _write_runs(tmp_path, {"bp": 1, "fa": 3})
+  text = report.write_report([tmp_path], tmp_path / "out")
+  assert "| bp | 2.0 | 1 | - |" in text and "| fa | 6.0 ± 1.0 | 3 | - |" in text
+  assert "BioTorch" not in text and "Moskovitz" not in text
+  assert text.index("| bp |") < text.index("| fa |")
+
+
 def test_report_figures_draw_one_line_per_rule_in_fixed_colours(tmp_path, drawn):
   _write_runs(tmp_path, {"bp": 1, "fa": 3, "usf_sn": 2})
-  report.write_report([tmp_path], tmp_path / "out")
+  report.write_report([tmp_path], tmp_path / "out", TABLE)
   # Errors: one panel (one column), one line per row; seeds are its band, not more lines.
   assert drawn["errors.png"] == [["BP", "FA (n=3)", "FA-uSF SN (n=2)"]]
   # Alignment: update and delta rows x 3 layers; bp (0 by definition) left out of every panel.
@@ -77,7 +89,7 @@ def test_report_figures_draw_one_line_per_rule_in_fixed_colours(tmp_path, drawn)
   assert all(labels == ["FA", "FA-uSF SN"] for labels in panels)
   # One colour per rule, the same in both figures and fixed by the row's place in the table.
   errors, alignment = drawn["errors.png:colors"], drawn["alignment.png:colors"]
-  assert errors["FA (n=3)"] == alignment["FA"] == plotting.PALETTE[list(table.ROWS).index("fa")]
+  assert errors["FA (n=3)"] == alignment["FA"] == plotting.PALETTE[list(common.ROWS).index("fa")]
   assert errors["FA-uSF SN (n=2)"] == alignment["FA-uSF SN"]
   assert len({errors["BP"], errors["FA (n=3)"], errors["FA-uSF SN (n=2)"]}) == 3
 
@@ -102,7 +114,7 @@ def test_alignment_runs_mean_over_seeds_and_layer_subset(tmp_path, drawn):
 
 
 def test_color_map_is_stable_and_distinct():
-  order = list(table.ROWS)
+  order = list(common.ROWS)
   a = plotting.color_map(["fa", "bp"], order=order)
   b = plotting.color_map(["usf_sn", "fa"], order=order)
   assert a["fa"] == b["fa"] and a["fa"] != a["bp"]
@@ -111,13 +123,13 @@ def test_color_map_is_stable_and_distinct():
 
 
 def test_with_seeds_replaces_the_seeds_of_every_point():
-  points = table.sweep(["bp", "fa"], seeds=(0,), learning_rates=(0.1, 0.01))
-  seeded = table.with_seeds(points, 3)
+  points = common.sweep(["bp", "fa"], seeds=(0,), learning_rates=(0.1, 0.01))
+  seeded = common.with_seeds(points, 3)
   assert len(seeded) == 2 * 2 * 3
-  assert {table.point_name(p) for p in seeded} >= {"fa-seed2-lr0.01", "bp-seed0-lr0.1"}
-  assert table.with_seeds(table.with_seeds(points, 3), 2) == table.with_seeds(points, 2)
+  assert {common.point_name(p) for p in seeded} >= {"fa-seed2-lr0.01", "bp-seed0-lr0.1"}
+  assert common.with_seeds(common.with_seeds(points, 3), 2) == common.with_seeds(points, 2)
   with pytest.raises(ValueError, match="--seeds"):
-    table.with_seeds(points, 0)
+    common.with_seeds(points, 0)
 
 
 def test_axis_sweep_reports_error_vs_depth(tmp_path, drawn):
@@ -132,7 +144,7 @@ def test_axis_sweep_reports_error_vs_depth(tmp_path, drawn):
       (run / report.EXPERIMENT_FILE).write_text(json.dumps(meta))
       test = {"step": 9, "split": "test", "top1_error": error / 100}
       (run / report.METRICS_FILE).write_text(json.dumps(test) + "\n")
-  text = report.write_report([tmp_path], tmp_path / "out")
+  text = report.write_report([tmp_path], tmp_path / "out", TABLE)
   assert text.splitlines()[0] == "| method | depth 2 | depth 8 |"
   assert "| BP | 3.0 ± 1.4 (n=2) | 4.0 ± 1.4 (n=2) |" in text
   assert "| FA | 7.0 ± 1.4 (n=2) | 11.0 ± 2.8 (n=2) |" in text

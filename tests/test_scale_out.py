@@ -1,8 +1,9 @@
 """Scale-out with real processes: preemption signals, two JAX processes, a gs:// workdir.
 
-Every run here is `launch/main.py` (experiments/tiny.py: the MNIST net on the 8x8 digits) in its
-own OS process, stopped with real signals or kill -9, and compared with an uninterrupted run in
-this process. The subprocesses share one persistent compilation cache, so only the first compiles.
+Every run here is `python -m launch.main` (experiments/tiny.py: the MNIST net on the 8x8 digits)
+in its own OS process, stopped with real signals or kill -9, and compared with an uninterrupted run
+in this process. The subprocesses share one persistent compilation cache, so only the first
+compiles.
 """
 
 import json
@@ -52,7 +53,8 @@ def _main(workdir, num_steps, **overrides):
   flags = {**FLAGS, "num_steps": num_steps, **overrides}
   return [
     sys.executable,
-    os.path.join(ROOT, "launch", "main.py"),
+    "-m",
+    "launch.main",
     f"--config={TINY}",
     f"--workdir={workdir}",
     *(f"--config.{k}={v}" for k, v in flags.items()),
@@ -192,12 +194,13 @@ def _free_port() -> int:
 
 
 def _emitted_command(tmp_path, num_steps, cache_dir):
-  """The first command `launch/sweep.py --emit_commands` prints for the tiny sweep (bp)."""
+  """The first command `python -m launch.sweep --emit_commands` prints for the tiny sweep (bp)."""
   overrides = {**FLAGS, "num_steps": num_steps, "distributed": True}
   result = subprocess.run(
     [
       sys.executable,
-      os.path.join(ROOT, "launch", "sweep.py"),
+      "-m",
+      "launch.sweep",
       f"--config={TINY}",
       f"--workdir={tmp_path / 'sweep'}",
       "--emit_commands",
@@ -211,8 +214,8 @@ def _emitted_command(tmp_path, num_steps, cache_dir):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   command = shlex.split(result.stdout.splitlines()[0])
-  assert command[1] == "launch/main.py" and "--config.distributed=True" in command
-  return command, command[3].split("=", 1)[1]  # The point's workdir.
+  assert command[1:3] == ["-m", "launch.main"] and "--config.distributed=True" in command
+  return command, command[4].split("=", 1)[1]  # The point's workdir.
 
 
 def _start_two(command, cache_dir):

@@ -13,7 +13,7 @@ Images are float32 in [0, 1] (mnist5k / 255, digits / 16), labels int32. No Tens
 
 Options `image_size` (bilinear resize to a square size) and `channels` (1, or 3 by repeating the
 grey channel) let any model run on these real digits offline, e.g. a CIFAR-10 net's `runlocal`
-smoke configs (fajax.table.runlocal).
+smoke configs (experiments.common.runlocal).
 """
 
 import dataclasses

@@ -12,7 +12,7 @@ plain Flax model), `dtype` (compute dtype; parameters stay float32), is called a
 `model(x, train=True)` on NHWC images and returns float32 logits [B, num_classes]. Batch norm keeps
 its running statistics in `batch_stats` (apply with `mutable=["batch_stats"]` when training);
 dropout draws from the rng stream `dropout` when `train=True`. The classifier is always named
-`head`. docs/models.md lists sizes, FLOPs and the numbers each model is meant to reproduce.
+`head`. docs/models.md lists sizes, FLOPs and what each model is meant to reproduce.
 """
 
 from __future__ import annotations
@@ -37,28 +37,33 @@ class ModelSpec:
   build: Callable[..., nn.Module]  # the Module class, or a partial of it with fixed fields
   input_shape: tuple[int, int, int]  # default (H, W, C)
   num_classes: int  # default number of classes
-  reference: str  # the paper or peer number it is meant to reproduce
+  reference: str  # what it is meant to reproduce (the numbers: the experiment file it names)
 
 
 _REGISTRY: dict[str, ModelSpec] = {
-  "mnist_net": ModelSpec(MnistNet, (28, 28, 1), 10, "paper MNIST: BP 0.8% error"),
+  "mnist_net": ModelSpec(MnistNet, (28, 28, 1), 10, "paper MNIST (experiments/mnist_net.py)"),
   "lenet": ModelSpec(LeNet, (28, 28, 1), 10, "LeNet-5 on MNIST (BioTorch's LeNet)"),
-  "cifar10_arch1": ModelSpec(Arch1, (24, 24, 3), 10, "paper CIFAR-10 arch 1: BP 17.2% error"),
-  "cifar10_arch2": ModelSpec(VGG, (32, 32, 3), 10, "paper CIFAR-10 arch 2: BP 11.0% error"),
-  "imagenet_arch1": ModelSpec(Arch1, (32, 32, 3), 1000, "paper ImageNet arch 1: BP 79.5% error"),
+  "cifar10_arch1": ModelSpec(
+    Arch1, (24, 24, 3), 10, "paper CIFAR-10 arch 1 (experiments/cifar10_arch1.py)"
+  ),
+  "cifar10_arch2": ModelSpec(
+    VGG, (32, 32, 3), 10, "paper CIFAR-10 arch 2 (experiments/cifar10_arch2.py)"
+  ),
+  "imagenet_arch1": ModelSpec(
+    Arch1, (32, 32, 3), 1000, "paper ImageNet arch 1 (experiments/imagenet_arch1.py)"
+  ),
   "imagenet_arch2": ModelSpec(
     functools.partial(AlexNet, batch_norm=True),
     (224, 224, 3),
     1000,
-    "paper ImageNet arch 2: BP 45.5% error",
+    "paper ImageNet arch 2 (experiments/imagenet_arch2.py)",
   ),
   "alexnet": ModelSpec(AlexNet, (224, 224, 3), 1000, "torchvision AlexNet (61,100,840 params)"),
   "resnet18": ModelSpec(
     functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock),
     (224, 224, 3),
     1000,
-    "BioTorch ImageNet ResNet-18: BP 30.4%, uSF 35.0%, frSF 36.5%, brSF 37.2%, DFA 82.5%, "
-    "FA 85.3% error",
+    "BioTorch ImageNet ResNet-18 (its numbers: experiments/resnet18.py)",
   ),
   "resnet50": ModelSpec(
     functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck),
@@ -70,8 +75,7 @@ _REGISTRY: dict[str, ModelSpec] = {
     functools.partial(CifarResNet, num_blocks=3),
     (32, 32, 3),
     10,
-    "BioTorch CIFAR-10 ResNet-20: BP 8.6%, uSF 10.1%, brSF 11.0%, frSF 11.2%, FA 32.2%, "
-    "DFA 45.9% error",
+    "BioTorch CIFAR-10 ResNet-20 (its numbers: experiments/resnet20.py)",
   ),
   "resnet56": ModelSpec(
     functools.partial(CifarResNet, num_blocks=9),
@@ -94,7 +98,7 @@ def _spec(name: str) -> ModelSpec:
 
 
 def spec(name: str) -> ModelSpec:
-  """The registry entry of `name` (default input shape, classes, reference number)."""
+  """The registry entry of `name` (default input shape, classes, what it reproduces)."""
   return _spec(name)
 
 

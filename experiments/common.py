@@ -1,19 +1,33 @@
-"""The paper's results table as data: its rows (config variants), its numbers, and BioTorch's.
+"""What the experiment configs share (as big_vision's configs/common.py): the table's rows, the
+config helpers and the training recipes.
 
-Experiment configs (`experiments/*.py`) turn a row name into trainer settings with
-`apply_variant`; the report (`launch/report.py`) puts our errors next to `PAPER` and `BIOTORCH`.
-Numbers are top-1 error in percent, from paper.md.
+A row is a variant of a config: a label in the results table and the trainer settings it sets
+(rule, rule options, constraints, and any other field the rule needs). Each experiment file
+(`experiments/*.py`) names its rows, its settings and its own expected numbers (`REFERENCE`, from
+`REFERENCE_SOURCE`); `report_table` hands the labels, the row order and those numbers to
+`fajax.report`, which knows no paper.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import pkgutil
+
 import ml_collections
+
+from fajax import report
+from fajax.train import default_config
+
+# Kolen-Pollack's weight decay (row bp_align): the paper's CIFAR-10 and ImageNet value.
+KP_WEIGHT_DECAY = 5e-4
 
 # Row name -> (label in the paper's table, trainer settings).
 ROWS: dict[str, tuple[str, dict]] = {
   "bp": ("BP", {"rule": "bp"}),
   "bp_noise": ("BP + Noise", {"rule": "bp_noise", "rule_options": {"sigma": 1.0}}),
-  "bp_align": ("BP + Alignment", {"rule": "kp"}),
+  # Kolen-Pollack aligns B with W only through weight decay, so its row sets it (the paper's 5e-4).
+  "bp_align": ("BP + Alignment", {"rule": "kp", "weight_decay": KP_WEIGHT_DECAY}),
   "fa": ("FA", {"rule": "fa"}),
   "usf_init_ei": (
     "FA-uSF Init. E/I",
@@ -38,45 +52,17 @@ ROWS: dict[str, tuple[str, dict]] = {
   "frsf": ("frSF", {"rule": "frsf"}),
   # Learned feedback (docs/learned_feedback.md): Akrout et al. 2019, Kunin et al. 2020.
   "bp_wm": ("Weight Mirror", {"rule": "wm"}),
-  "bp_sa": ("Symmetric Alignment", {"rule": "sa"}),
+  # B by plain SGD at 0.5 (ours, not the paper's): every step moves B half way to (beta/alpha) W in
+  # every layer alike; with W's Adam, B trails a fast-moving W and the loss spikes (RESULTS.md).
+  "bp_sa": (
+    "Symmetric Alignment",
+    {"rule": "sa", "feedback_optimizer": "sgd", "feedback_learning_rate": 0.5},
+  ),
   "bp_aa": ("Activation Alignment", {"rule": "aa"}),
   "bp_ia": ("Information Alignment", {"rule": "ia"}),
 }
 # The learned-feedback rows, added to every experiment config's sweep.
 LEARNED_ROWS = ("bp_wm", "bp_sa", "bp_aa", "bp_ia")
-
-PAPER_ROWS = list(ROWS)[:12]
-# Kolen-Pollack only aligns B with W through weight decay; rows that leave it at 0 get this.
-KP_WEIGHT_DECAY = 5e-4
-
-# Column -> row -> the paper's top-1 error (%). The three Const. rows are printed under ImageNet
-# arch 1 in the summary, but their size says they belong to arch 2 (see paper.md): kept there.
-PAPER = {
-  "mnist": dict(
-    bp=0.8, bp_noise=0.8, bp_align=0.9, fa=1.1, usf_init_ei=0.9, usf_init=0.7, usf_sn=0.7,
-    dfa=1.0, densefa=0.7,
-  ),
-  "cifar10_arch1": dict(
-    bp=17.2, bp_noise=17.4, bp_align=17.4, fa=26.6, usf_init_ei=18.9, usf_init=17.6, usf_sn=17.7,
-    dfa=28.6, densefa=16.9,
-  ),
-  "cifar10_arch2": dict(
-    bp=11.0, bp_noise=11.0, bp_align=11.2, fa=35.6, usf_init_ei=17.8, usf_init=13.1, usf_sn=12.6
-  ),
-  "imagenet_arch1": dict(
-    bp=79.5, bp_noise=79.2, bp_align=79.4, fa=95.2, usf_init_ei=86.9, usf_init=79.6, usf_sn=78.9
-  ),
-  "imagenet_arch2": dict(
-    bp=45.5, bp_noise=46.0, bp_align=45.9, fa=94.5, usf_init_ei=67.8, usf_init=60.1, usf_sn=54.4,
-    bp_const=46.9, usf_const=51.2, usf_const_ei=66.1,
-  ),
-}  # fmt: skip
-
-# BioTorch (Sanfiz & Akrout 2021), top-1 error (%). Their uSF uses the std scale.
-BIOTORCH = {
-  "resnet18": dict(bp=30.4, usf_std=35.0, frsf=36.5, brsf=37.2, dfa=82.5, fa=85.3),
-  "resnet20": dict(bp=8.6, usf_std=10.1, brsf=11.0, frsf=11.2, fa=32.2, dfa=45.9),
-}
 
 
 def label(row: str) -> str:
@@ -85,15 +71,13 @@ def label(row: str) -> str:
 
 
 def apply_variant(config: ml_collections.ConfigDict, row: str) -> ml_collections.ConfigDict:
-  """Sets the rule, rule options and constraints of table row `row` on `config` (in place)."""
+  """Sets the settings of table row `row` on `config` (in place): its rule, rule options and
+  constraints (none where the row names none), and any other field the row sets."""
   if row not in ROWS:
     raise ValueError(f"Unknown table row {row!r}; valid rows are: {', '.join(ROWS)}.")
-  settings = ROWS[row][1]
-  config.rule = settings["rule"]
-  config.rule_options = ml_collections.ConfigDict(settings.get("rule_options", {}))
-  config.constraints = settings.get("constraints", "")
-  if settings["rule"] == "kp" and not config.weight_decay:
-    config.weight_decay = KP_WEIGHT_DECAY
+  settings = {"rule_options": {}, "constraints": "", **ROWS[row][1]}
+  for key, value in settings.items():
+    config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
   return config
 
 
@@ -212,17 +196,26 @@ IMAGENET_RECIPE = dict(
 )
 
 
-def experiment_config(arg, settings: dict, *, runlocal_size: int, runlocal_channels: int = 3):
+def experiment_config(
+  arg, settings: dict, *, full: dict | None = None, runlocal_size: int, runlocal_channels: int = 3
+):
   """The trainer config of one experiment row.
 
   Args:
     arg: the config argument, 'row[,modifier...]' (see `parse_arg`).
     settings: trainer fields that differ from `fajax.train.default_config()`.
+    full: what the 'full' modifier changes in `settings` (the full-size dataset); None for a config
+      that has no full-size variant, which then refuses 'full'.
     runlocal_size, runlocal_channels: the embedded digits' shape for the 'runlocal' modifier.
   """
-  from fajax.train import default_config  # Lazy: fajax.table is imported by the report too.
-
   row, modifiers = parse_arg(arg)
+  if "full" in modifiers:
+    if full is None:
+      raise ValueError(
+        f"This config has no full-size variant (it runs {settings.get('dataset', 'one dataset')} "
+        "only); drop 'full' from the config argument."
+      )
+    settings = {**settings, **full}
   config = default_config()
   config.update_from_flattened_dict({k: v for k, v in settings.items() if not isinstance(v, dict)})
   for key, value in settings.items():
@@ -233,3 +226,36 @@ def experiment_config(arg, settings: dict, *, runlocal_size: int, runlocal_chann
     runlocal(config, image_size=runlocal_size, channels=runlocal_channels)
     config.dtype = "float32"
   return config
+
+
+# The sources of the expected numbers (an experiment's REFERENCE_SOURCE). The paper's are printed
+# plain in the report, any other's marked with the source's name.
+PAPER = "Moskovitz, Litwin-Kumar & Abbott 2018"
+BIOTORCH = "BioTorch"
+FOOTNOTE = (
+  "Top-1 test error, %. Ours: one run per seed, mean ± sample std where n > 1 (n: seeds). "
+  "Reference: the paper's number (Moskovitz, Litwin-Kumar & Abbott 2018, full datasets); "
+  "marked (BioTorch) where the paper has no such row and the number is BioTorch's "
+  "(Sanfiz & Akrout 2021); - where neither reports one."
+)
+
+
+def experiment_modules() -> list:
+  """Every experiment config module of the `experiments` package (not this one)."""
+  names = sorted(m.name for m in pkgutil.iter_modules([os.path.dirname(__file__)]))
+  return [importlib.import_module(f"experiments.{name}") for name in names if name != "common"]
+
+
+def report_table(*modules) -> report.Table:
+  """What the report shows beside our errors: the rows' labels in table order, and each column's
+  expected numbers, from the REFERENCE of the experiment modules of this folder and of `modules`
+  (a config loaded from elsewhere, whose column then takes its numbers from it)."""
+  references = {}
+  for module in [*experiment_modules(), *modules]:
+    source = getattr(module, "REFERENCE_SOURCE", PAPER)
+    references[module.COLUMN] = {
+      row: f"{value}" if source == PAPER else f"{value} ({source})"
+      for row, value in getattr(module, "REFERENCE", {}).items()
+    }
+  labels = {row: label for row, (label, _) in ROWS.items()}
+  return report.Table(labels=labels, references=references, footnote=FOOTNOTE)
