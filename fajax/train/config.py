@@ -105,7 +105,7 @@ def default_config() -> ml_collections.ConfigDict:
   # 'skip': stop (like 'stop') after this many non-finite steps in a row; 0: never stop.
   c.max_consecutive_skips = 10
   # Refuse to start when the feedback collection needs more than this many GiB (None: no check);
-  # uses fajax.models.stats.check_feedback_budget (dfa/densefa feedback grows with activation sizes).
+  # uses fajax.models.stats.check_feedback_budget (dfa/densefa feedback grows with activations).
   c.feedback_memory_budget_gb = _optional(None)
   return c
 
