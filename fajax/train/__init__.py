@@ -19,8 +19,8 @@ does not import orbax or TensorBoard; they load when a run starts. See docs/trai
 
 from fajax.train.config import default_config, validate
 from fajax.train.dry_run import dry_run, format_report
-from fajax.train.errors import UserError
-from fajax.train.loop import NonFiniteLossError, evaluate, train_and_evaluate
+from fajax.train.errors import NonFiniteLossError, UserError
+from fajax.train.loop import evaluate, train_and_evaluate
 from fajax.train.preemption import Preempted
 from fajax.train.state import TrainState
 

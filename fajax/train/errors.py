@@ -27,6 +27,11 @@ class UserError(ValueError):
   """A mistake the user can fix; its message is one sentence saying what to do."""
 
 
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or infinite and config.on_nan is 'stop', or with 'skip' it stayed so for
+  config.max_consecutive_skips steps in a row."""
+
+
 def _show_traceback() -> bool:
   if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
     return True
@@ -52,7 +57,6 @@ def _one_line(error: BaseException) -> str:
 
 def one_sentence_errors(main):
   """Wraps a launcher's `main(argv)`: user mistakes and non-finite stops become one sentence."""
-  from fajax.train.loop import NonFiniteLossError
 
   @functools.wraps(main)
   def wrapper(argv):

@@ -29,15 +29,11 @@ from fajax.train import metrics as metrics_lib
 from fajax.train import resume as resume_lib
 from fajax.train import skips as skips_lib
 from fajax.train import state as state_lib
+from fajax.train.errors import NonFiniteLossError
 
 CHECKPOINT_DIR = "checkpoints"
 
 Callback = Callable[[int, Any, dict[str, Any]], None]
-
-
-class NonFiniteLossError(FloatingPointError):
-  """The loss became NaN or infinite and config.on_nan is 'stop', or with 'skip' it stayed so for
-  config.max_consecutive_skips steps in a row."""
 
 
 def _device_batches(exp: build_lib.Experiment, split: str, batch_size: int, **kwargs):
