@@ -64,6 +64,10 @@ def uses_learned_feedback(rule) -> bool:
   return any(uses_learned_feedback(r) for _, r in rule.overrides)
 
 
+# The TrainState fields a step updates (all of them, or none on a dropped step).
+UPDATED_FIELDS = ("params", "feedback", "batch_stats", "opt_state", "feedback_opt_state")
+
+
 def train_step(
   state,
   batch,
@@ -99,21 +103,9 @@ def train_step(
     return jnp.mean(cross_entropy(logits, labels)), (logits, mutated)
 
   (loss, (logits, mutated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
   # The optimizer's schedule count does not advance on skipped steps (their opt_state is dropped),
   # so the rate it used is schedule(step - skipped); KP's decay and the logged rate must match it.
   lr = schedule(step - state.skipped)
-  feedback = state.feedback
-  if uses_kp(rule):
-    feedback = constraints_lib.kolen_pollack_update(
-      rule, feedback, state.params, updates, decay=lr * weight_decay
-    )
-  feedback_opt_state = state.feedback_opt_state
-  if learns_feedback:
-    feedback, feedback_opt_state = learned_lib.update_feedback(
-      feedback_tx, feedback, feedback_opt_state, mutated[learned_lib.FEEDBACK_GRADS]
-    )
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
@@ -124,15 +116,36 @@ def train_step(
     keep = finite & (state.nonfinite_step < 0)
     first_bad = (~finite) & (state.nonfinite_step < 0)
     nonfinite_step = jnp.where(first_bad, step, state.nonfinite_step)
-  new = dict(
-    params=params,
-    feedback=feedback,
-    batch_stats=mutated.get("batch_stats", state.batch_stats),
-    opt_state=opt_state,
-    feedback_opt_state=feedback_opt_state,
-  )
-  old = {k: getattr(state, k) for k in new}
-  new = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, old)
+
+  def update(operands):
+    grads, mutated, state = operands
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    feedback = state.feedback
+    if uses_kp(rule):
+      feedback = constraints_lib.kolen_pollack_update(
+        rule, feedback, state.params, updates, decay=lr * weight_decay
+      )
+    feedback_opt_state = state.feedback_opt_state
+    if learns_feedback:
+      feedback, feedback_opt_state = learned_lib.update_feedback(
+        feedback_tx, feedback, feedback_opt_state, mutated[learned_lib.FEEDBACK_GRADS]
+      )
+    return dict(
+      params=optax.apply_updates(state.params, updates),
+      feedback=feedback,
+      batch_stats=mutated.get("batch_stats", state.batch_stats),
+      opt_state=opt_state,
+      feedback_opt_state=feedback_opt_state,
+    )
+
+  def no_update(operands):
+    state = operands[2]
+    return {k: getattr(state, k) for k in UPDATED_FIELDS}
+
+  # The update is computed inside the cond, not selected afterwards with jnp.where: a select
+  # needs the old and the new optimizer state at once, so XLA copies every donated buffer first
+  # (measured on the MNIST net, 2-core Xeon: +24-36% on the step; inside the cond: +1%).
+  new = jax.lax.cond(keep, update, no_update, (grads, mutated, state))
   advance = keep if on_nan == "stop" else jnp.bool_(True)
   new_state = state.replace(
     **new,
