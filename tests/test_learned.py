@@ -330,7 +330,7 @@ def test_feedback_optimizer_defaults_and_validation():
     fajax.train.validate(config)
 
 
-def test_kill_and_resume_is_exact_and_diagnostics_see_the_angle_fall(tmp_path):
+def test_interrupt_and_resume_is_exact_and_diagnostics_see_the_angle_fall(tmp_path):
   config = lambda: tiny_config(
     rule="wm",
     optimizer="adam",

@@ -275,7 +275,7 @@ def test_trainer_on_an_nnx_model_one_device_and_eight_give_the_same_losses(rule)
   np.testing.assert_allclose(losses[8], losses[1], rtol=2e-5, atol=1e-6)
 
 
-def test_trainer_on_an_nnx_model_kill_and_resume_is_bit_identical(tmp_path):
+def test_trainer_on_an_nnx_model_interrupt_and_resume_is_bit_identical(tmp_path):
   model = functools.partial(TinyNnx, batch_norm=True, dropout=0.25)
   config = test_train._resume_config()  # brsf, momentum, weight decay, cosine, async checkpoints
   full = test_train.run(config, tmp_path / "full", model=model)

@@ -271,7 +271,7 @@ def _resume_config():
   )
 
 
-def test_kill_and_resume_is_bit_identical_and_runs_are_deterministic(tmp_path):
+def test_interrupt_and_resume_is_bit_identical_and_runs_are_deterministic(tmp_path):
   model = lambda **kw: TinyNet(batch_norm=True, dropout=0.25, **kw)
   full = run(_resume_config(), tmp_path / "full", model=model)
   again = run(_resume_config(), tmp_path / "again", model=model)
