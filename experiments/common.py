@@ -168,6 +168,16 @@ def point_name(point: dict) -> str:
 
 
 # Shared training recipes; experiment configs start from one and change what differs.
+# The miniature on the embedded MNIST digits (CPU, minutes): the main job and the depth study.
+MNIST5K_RECIPE = dict(
+  dataset="mnist5k",
+  optimizer="adam",
+  learning_rate=1e-3,
+  lr_schedule="cosine",
+  batch_size=64,
+  num_steps=None,
+  checkpoint_every=1000,
+)
 CIFAR10_RECIPE = dict(
   dataset="cifar10",
   optimizer="momentum",

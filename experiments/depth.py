@@ -28,18 +28,12 @@ STAGES = (16, 32)
 RUNLOCAL_DEPTHS = (2, 4)
 
 SETTINGS = {
+  **common.MNIST5K_RECIPE,
   "model": "cifar10_arch2",
   "model_options": {"stages": STAGES, "convs_per_stage": 1, "fc_features": 64},
-  "dataset": "mnist5k",
-  "optimizer": "adam",
-  "learning_rate": 1e-3,
-  "lr_schedule": "cosine",
-  "batch_size": 64,
-  "num_steps": None,
   "num_epochs": 3.0,
   "log_every": 50,
   "eval_every": 0,
-  "checkpoint_every": 1000,
 }
 
 

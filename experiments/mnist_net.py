@@ -33,18 +33,12 @@ REFERENCE = dict(
 )  # fmt: skip
 
 SETTINGS = {
+  **common.MNIST5K_RECIPE,
   "model": "mnist_net",
-  "dataset": "mnist5k",
-  "optimizer": "adam",
-  "learning_rate": 1e-3,
-  "lr_schedule": "cosine",
-  "batch_size": 64,
-  "num_steps": None,
   "num_epochs": 6.0,
   "log_every": 25,
   "eval_every": 75,
   "diagnostics_every": 25,
-  "checkpoint_every": 1000,
 }
 FULL = {"dataset": "mnist", "num_epochs": 20.0}  # the 'full' modifier: tfds mnist
 
