@@ -399,3 +399,38 @@ def test_learned_rules_train_like_bp_on_digits():
   assert errors["wm"] < errors["bp"] + 0.05 and errors["sa"] < errors["bp"] + 0.05
   assert errors["ia"] < 0.3
   assert errors["sa_sgd"] < errors["bp"] + 0.01 and errors["sa_sgd"] < errors["sa"]
+
+
+def test_mirror_phase_before_training():
+  """config.feedback_mirror_steps: B-only SGD steps on noise at init, rate lr / (k + 1).
+
+  One step at rate 1 forgets the random B: sa's B becomes (beta / alpha) W = W exactly, and wm's
+  B becomes X^T X W / n for the step's n = 32 / 4 = 8 noise rows, of rank <= 8. K steps average K
+  such estimates: after 200 steps (1,600 noise rows) wm's W-B angle is small (figures in
+  docs/learned_feedback.md). W and the rest of init are untouched; the phase is a pure function of
+  the seed. Rules that learn B from data have no mirror phase.
+  """
+
+  def init(rule, steps):
+    config = tiny_config(rule=rule, feedback_mirror_steps=steps, mesh={"data": 1, "model": 1})
+    fajax.train.validate(config)
+    return build_lib.build(config, model=TinyNet).init(jax.random.PRNGKey(0))
+
+  plain = init("wm", 0)
+  sa = init("sa", 1)
+  for layer in ("Dense_0", "Dense_1"):
+    w = plain.params[layer]["kernel"]
+    np.testing.assert_array_equal(sa.params[layer]["kernel"], w)
+    np.testing.assert_allclose(sa.feedback[layer]["kernel"], w, rtol=1e-6, atol=1e-7)
+  singular = np.linalg.svd(np.asarray(init("wm", 1).feedback["Dense_1"]["kernel"]))[1]
+  assert singular.shape == (10,) and singular[8:].max() < 1e-5 * singular[0]
+  mirrored = init("wm", 200)
+  assert_trees_equal(mirrored, init("wm", 200))
+  angles = {
+    k: angle(mirrored.params[k]["kernel"], mirrored.feedback[k]["kernel"]) for k in plain.params
+  }
+  start = {k: angle(plain.params[k]["kernel"], plain.feedback[k]["kernel"]) for k in plain.params}
+  print("W-B angle before / after 200 mirror steps:", start, angles)
+  assert min(start.values()) > 80 and angles["Dense_0"] < 20 and angles["Dense_1"] < 10
+  with pytest.raises(fajax.train.UserError, match="feedback_mirror_steps"):
+    init("aa", 10)

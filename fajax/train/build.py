@@ -21,7 +21,7 @@ from fajax import rules as rules_lib
 from fajax.models import stats
 from fajax.train import config as config_lib
 from fajax.train import mesh as mesh_lib
-from fajax.train import optim
+from fajax.train import mirror, optim
 from fajax.train import state as state_lib
 from fajax.train import step as step_lib
 from fajax.train.errors import UserError
@@ -162,6 +162,12 @@ def assemble(config, *, model=None, dataset=None, devices=None) -> Experiment:
     # Learned-feedback layers sow a B gradient here: its paths tell B's optimizer what it trains.
     with layers.capture_feedback_grads():
       variables = module.init(rngs, dummy, train=False)
+    if config.feedback_mirror_steps:  # B-only steps on noise before step 0 (train/mirror.py).
+      mirror_key = jax.random.fold_in(rng, mirror.MIRROR_KEY)  # init's own keys stay as they were
+      shape = (config.batch_size, *info.image_shape)
+      steps, lr = config.feedback_mirror_steps, config.feedback_mirror_learning_rate
+      feedback = mirror.mirror_feedback(module, variables, shape, steps, lr, mirror_key)
+      variables = {**variables, "feedback": feedback}
     return state_lib.create(variables, tx, state_key, feedback_tx)
 
   key = jax.ShapeDtypeStruct((2,), jnp.uint32)

@@ -68,6 +68,11 @@ def default_config() -> ml_collections.ConfigDict:
   # `optimizer`) at this peak learning rate (None: `learning_rate`) on the same schedule.
   c.feedback_optimizer = config_dict.placeholder(str)
   c.feedback_learning_rate = config_dict.placeholder(float)
+  # The mirror phase (fajax/train/mirror.py): this many B-only SGD steps on noise at init, before
+  # step 0, for rules that need no data (wm, sa, learned with noise_std); step k's rate is
+  # feedback_mirror_learning_rate / (k + 1), which makes wm's B the mean of the steps' estimates.
+  c.feedback_mirror_steps = 0
+  c.feedback_mirror_learning_rate = 1.0
 
   # Length and batch: set exactly one of num_steps and num_epochs (the other None).
   c.batch_size = 128  # Global batch, over all devices and processes.
@@ -210,9 +215,18 @@ def _check_rule(c) -> None:
   for field in ("rule_options", "model_options", "dataset_options", "overrides", "mesh"):
     _check_options(c, field)
   try:
-    rules_lib.get(c.rule, **dict(c.rule_options), overrides=dict(c.overrides))
+    rule = rules_lib.get(c.rule, **dict(c.rule_options), overrides=dict(c.overrides))
   except ValueError as e:
     raise UserError(f"config.rule_options / config.overrides are not valid: {e}") from None
+  if _is_int(c.feedback_mirror_steps) and c.feedback_mirror_steps > 0:
+    from fajax.train import mirror  # Lazy: it imports the layers.
+
+    if not mirror.data_free(rule):
+      _fail(
+        "feedback_mirror_steps",
+        c.feedback_mirror_steps,
+        f"rule {c.rule!r} learns B from data, so it has no mirror phase; use 0 (or wm, sa)",
+      )
 
 
 def _check_dataset(c) -> None:
@@ -255,6 +269,10 @@ def _check_optimizer(c) -> None:
   if not isinstance(bounds, tuple | list) or not all(_is_number(b) and 0 < b < 1 for b in bounds):
     _fail("lr_boundaries", bounds, "use a tuple of fractions of num_steps in (0, 1)")
   _check_int(c, "warmup_steps", 0)
+  _check_int(c, "feedback_mirror_steps", 0)
+  lr_m = c.feedback_mirror_learning_rate
+  if not _is_number(lr_m) or lr_m <= 0:
+    _fail("feedback_mirror_learning_rate", lr_m, "use a finite number > 0")
   if c.lr_schedule == "warmup_cosine" and c.warmup_steps == 0:
     _fail("warmup_steps", 0, "'warmup_cosine' needs warmup_steps >= 1 (or use 'cosine')")
 
