@@ -408,11 +408,12 @@ def test_mirror_phase_before_training():
   B becomes X^T X W / n for the step's n = 32 / 4 = 8 noise rows, of rank <= 8. K steps average K
   such estimates: after 200 steps (1,600 noise rows) wm's W-B angle is small (figures in
   docs/learned_feedback.md). W and the rest of init are untouched; the phase is a pure function of
-  the seed. Rules that learn B from data have no mirror phase.
+  the seed, the same on 1 and 8 devices. Rules that learn B from data have no mirror phase.
   """
 
-  def init(rule, steps):
-    config = tiny_config(rule=rule, feedback_mirror_steps=steps, mesh={"data": 1, "model": 1})
+  def init(rule, steps, devices=1):
+    mesh = {"data": devices, "model": 1}
+    config = tiny_config(rule=rule, feedback_mirror_steps=steps, mesh=mesh)
     fajax.train.validate(config)
     return build_lib.build(config, model=TinyNet).init(jax.random.PRNGKey(0))
 
@@ -425,7 +426,7 @@ def test_mirror_phase_before_training():
   singular = np.linalg.svd(np.asarray(init("wm", 1).feedback["Dense_1"]["kernel"]))[1]
   assert singular.shape == (10,) and singular[8:].max() < 1e-5 * singular[0]
   mirrored = init("wm", 200)
-  assert_trees_equal(mirrored, init("wm", 200))
+  assert_trees_equal(mirrored, init("wm", 200, devices=8))  # the same on 8 devices
   angles = {
     k: angle(mirrored.params[k]["kernel"], mirrored.feedback[k]["kernel"]) for k in plain.params
   }
