@@ -375,7 +375,7 @@ class MLP(nn.Module):
 def test_learned_rules_train_like_bp_on_digits():
   """The cheap CI version of the MNIST comparison (RESULTS.md has the main job's numbers).
 
-  Measured (150 Adam steps, test error): bp 11.5%, wm 15.1%, sa 13.2%, ia 20.1% (fa: 19.5%),
+  Measured (150 Adam steps, test error): bp 11.5%, wm 14.0%, sa 13.2%, ia 20.1% (fa: 19.5%),
   sa with B by SGD at 0.5: 11.8%. ia's default objective leaves the hidden layers' B far from W
   (see docs/learned_feedback.md), so it is held to training at all, wm and sa to bp's error + 5
   points, sa with B by SGD (which aligns B before W has learned much) to bp's + 1 point.
