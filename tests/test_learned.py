@@ -433,5 +433,6 @@ def test_mirror_phase_before_training():
   start = {k: angle(plain.params[k]["kernel"], plain.feedback[k]["kernel"]) for k in plain.params}
   print("W-B angle before / after 200 mirror steps:", start, angles)
   assert min(start.values()) > 80 and angles["Dense_0"] < 20 and angles["Dense_1"] < 10
-  with pytest.raises(fajax.train.UserError, match="feedback_mirror_steps"):
-    init("aa", 10)
+  for rule in ("aa", "fa"):
+    with pytest.raises(fajax.train.UserError, match="feedback_mirror_steps.*no mirror phase"):
+      init(rule, 10)

@@ -221,11 +221,12 @@ def _check_rule(c) -> None:
   if _is_int(c.feedback_mirror_steps) and c.feedback_mirror_steps > 0:
     from fajax.train import mirror  # Lazy: it imports the layers.
 
-    if not mirror.data_free(rule):
+    if not mirror.has_mirror_phase(rule):
       _fail(
         "feedback_mirror_steps",
         c.feedback_mirror_steps,
-        f"rule {c.rule!r} learns B from data, so it has no mirror phase; use 0 (or wm, sa)",
+        f"rule {c.rule!r} learns no B or learns it from data, so it has no mirror phase; use 0 "
+        "(or the rule wm or sa)",
       )
 
 

@@ -24,9 +24,15 @@ import optax
 import fajax
 from fajax import layers, learned
 from fajax import rules as rules_lib
+from fajax.train import step as step_lib
 
 # Folded into the init key for the mirror's noise, so that init's own keys stay as they were.
 MIRROR_KEY = 0x6D6972
+
+
+def has_mirror_phase(rule) -> bool:
+  """Whether `rule` trains some B (a learned-feedback rule) and every such B without data."""
+  return step_lib.uses_learned_feedback(rule) and data_free(rule)
 
 
 def data_free(rule) -> bool:
