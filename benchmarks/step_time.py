@@ -150,7 +150,7 @@ class Runner:
     self.feedback_bytes = state_lib.num_bytes(exp.abstract_state.feedback)
     self.jitted = exp.train_step
     if bare:
-      options = compile_lib.compiler_options(exp.config.fast_cpu)
+      options = exp.compiler_options  # the trainer's own (the model's CPU fusions included)
       fn = functools.partial(bare_step, model=exp.model, tx=exp.tx)
       self.jitted = jax.jit(fn, donate_argnums=(0,), compiler_options=options)
     n, num_classes = exp.config.batch_size, exp.info.num_classes
