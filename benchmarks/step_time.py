@@ -150,7 +150,7 @@ class Runner:
     self.feedback_bytes = state_lib.num_bytes(exp.abstract_state.feedback)
     self.jitted = exp.train_step
     if bare:
-      options = compile_lib.compiler_options(exp.config.fast_cpu)
+      options = exp.compiler_options  # the trainer's own (the model's CPU fusions included)
       fn = functools.partial(bare_step, model=exp.model, tx=exp.tx)
       self.jitted = jax.jit(fn, donate_argnums=(0,), compiler_options=options)
     n, num_classes = exp.config.batch_size, exp.info.num_classes
@@ -469,6 +469,9 @@ def bench_model(args, model, rules):
 
 # ---------------------------------------------------------------------------------- reporting.
 TARGET_RATIO = 1.05
+# fajax / PyTorch peer targets per model (issue 14: the paper's nets at least as fast as the peer,
+# the MNIST net faster, ResNets within 1.2x); the XLA-default rows are shown, not checked.
+PEER_TARGETS = {"mnist_net": 0.95, "cifar10_arch1": 1.0, "resnet20": 1.2}
 
 
 def _fmt(x):
@@ -566,9 +569,10 @@ def to_markdown(result) -> str:
         p = r.get("peer")
         if p:
           pr = p["ratio_to_peer_bp"]
+          target = PEER_TARGETS.get(r["model"], 1.0)
           line += (
             f" {p['step_ms_median']:.2f} | {pr:.3f} | {p['fajax_over_peer']:.3f}"
-            + (" **(>1)**" if p["fajax_over_peer"] > 1 else "")
+            + (f" **(>{target})**" if p["fajax_over_peer"] > target else "")
             + " |"
           )
         else:
@@ -609,15 +613,14 @@ def check_targets(rows) -> list[str]:
   else:
     out.append(f"- Step time <= 1.05 x bp (every rule but densefa): met ({n} (model, rule) pairs).")
   peer = [r for r in rows if "peer" in r and r["label"] in ("bp", "fa", "usf")]
-  peer = [r for r in peer if r["model"] in ("mnist_net", "resnet20")]
-  if peer:
-    bad = [r for r in peer if r["peer"]["fajax_over_peer"] > 1]
-    if bad:
-      worst = ", ".join(f"{r['model']}/{r['rule']} {r['peer']['fajax_over_peer']:.3f}" for r in bad)
-      out.append(f"- fajax <= PyTorch peer (mnist_net, resnet20; bp, fa, usf): MISSED for {worst}.")
-    else:
-      best = ", ".join(f"{r['model']}/{r['rule']} {r['peer']['fajax_over_peer']:.2f}" for r in peer)
-      out.append(f"- fajax <= PyTorch peer (mnist_net, resnet20; bp, fa, usf): met ({best}).")
+  for model in dict.fromkeys(r["model"] for r in peer):
+    target = PEER_TARGETS.get(model, 1.0)
+    mine = [r for r in peer if r["model"] == model]
+    figures = ", ".join(f"{r['rule']} {r['peer']['fajax_over_peer']:.3f}" for r in mine)
+    met = all(r["peer"]["fajax_over_peer"] <= target for r in mine)
+    verdict = "met" if met else "MISSED"
+    line = f"- fajax / PyTorch peer <= {target} on {model}, bp / fa / usf: {verdict} ({figures})."
+    out.append(line)
   xla = [r for r in rows if "peer" in r and r["label"].endswith(XLA_DEFAULT)]
   if xla:
     figures = ", ".join(f"{r['model']}/{r['rule']} {r['peer']['fajax_over_peer']:.2f}" for r in xla)

@@ -8,6 +8,13 @@ ResNet-20 are 1.1-1.4x faster on 2 cores (benchmarks/README.md); gradients chang
 rounding only. The reductions stay in YNNPACK because XLA's own sum batch-norm statistics slower
 and less accurately.
 
+A model may add YNNPACK fusion types for itself (`fajax.models.ModelSpec.cpu_fusions`, measured
+per model). The CIFAR ResNets add ELTWISE: XLA otherwise fuses (and recomputes) the batch-norm /
+residual / ReLU chain of up to four blocks into each transposed copy that the weight gradients
+need; with elementwise fusions in YNNPACK every activation is computed once. ResNet-20's train
+step is 1.15x faster and ResNet-56's 1.5x; the MNIST net, CIFAR-10 arch 1 and the VGG net (no
+residual chains) are 5-12% slower with it, hence per model (benchmarks/README.md).
+
 The options go to each fajax jit through `jax.jit(..., compiler_options=...)`, never into global
 flags, so a user's own jits keep XLA's defaults. An option that the user already sets in
 XLA_FLAGS is left to the user, and one that the installed jaxlib does not know (older or newer
@@ -24,20 +31,21 @@ import numpy as np
 
 # Option name -> value, as `jax.jit(compiler_options=...)` spells it (XLA's DebugOptions field and
 # enum name; the XLA_FLAGS spelling is --xla_cpu_experimental_ynn_fusion_type=individual_dot).
-CPU_OPTIONS = {
-  "xla_cpu_experimental_ynn_fusion_type": (
-    "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
-  )
-}
+YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
+CPU_OPTIONS = {YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
-def compiler_options(enabled: bool = True, platform: str | None = None) -> dict[str, str] | None:
+def compiler_options(
+  enabled: bool = True, platform: str | None = None, extra_fusions: tuple[str, ...] = ()
+) -> dict[str, str] | None:
   """The `compiler_options` for a jit fajax compiles: fajax's CPU options, or None.
 
   Args:
     enabled: False returns None (XLA's defaults): the trainer's `config.fast_cpu`.
     platform: the platform the jit compiles for (default: jax's default backend); the options
       are for 'cpu' only.
+    extra_fusions: YNNPACK fusion types added to CPU_OPTIONS' (e.g. ("ELTWISE",)): a model's
+      `cpu_fusions`. Dropped (CPU_OPTIONS alone) where this jaxlib does not know them.
 
   Returns:
     The subset of CPU_OPTIONS that the user does not set in XLA_FLAGS and that this jaxlib
@@ -46,11 +54,17 @@ def compiler_options(enabled: bool = True, platform: str | None = None) -> dict[
   if not enabled or (platform or jax.default_backend()) != "cpu":
     return None
   user_flags = os.environ.get("XLA_FLAGS", "")
-  options = {
-    name: value
-    for name, value in CPU_OPTIONS.items()
-    if f"--{name}" not in user_flags and _accepted(name, value)
-  }
+  options = {}
+  for name, value in CPU_OPTIONS.items():
+    if f"--{name}" in user_flags:
+      continue
+    if name == YNN_FUSION_TYPE and extra_fusions:
+      wider = ",".join([value, *(f"LIBRARY_FUSION_TYPE_{t}" for t in extra_fusions)])
+      if _accepted(name, wider):
+        options[name] = wider
+        continue
+    if _accepted(name, value):
+      options[name] = value
   return options or None
 
 

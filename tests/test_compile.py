@@ -72,6 +72,16 @@ def fast_and_default():
   return one_step(tiny_config()), one_step(tiny_config(fast_cpu=False))
 
 
+def test_elementwise_fusions_agree_with_xla_defaults_to_float32_rounding(fast_and_default):
+  # The options follow config.model: "resnet20" adds YNNPACK's elementwise fusions (here to the
+  # tiny conv net given as model=, whose batch norm and ReLU they then run).
+  (_, default) = fast_and_default[1]
+  text, eltwise = one_step(tiny_config(model="resnet20"))
+  assert {"multiply", "maximum"} <= set(ynn_fused_ops(text))
+  for a, b in zip(jax.tree.leaves(eltwise), jax.tree.leaves(default), strict=True):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * max(1.0, float(np.abs(b).max())))
+
+
 def test_the_option_reaches_the_train_step(fast_and_default):
   (fast_text, _), (default_text, _) = fast_and_default
   fast_ops = ynn_fused_ops(fast_text)
@@ -106,3 +116,43 @@ def test_user_flags_off_switch_and_other_platforms_get_xla_defaults(monkeypatch)
   user = os.environ.get("XLA_FLAGS", "") + f" --{OPTION}=individual_dot"
   monkeypatch.setenv("XLA_FLAGS", user)
   assert compile_lib.compiler_options() is None
+
+
+class ShapesOnly:
+  """A dataset stand-in for `build`: sizes only (nothing is read or compiled here)."""
+
+  def info(self, name, **options):
+    return fajax.data.DatasetInfo(name, 10, (32, 32, 3), 50_000, 10_000)
+
+  def get(self, *args, **kwargs):
+    raise AssertionError("not read")
+
+
+def test_a_models_cpu_fusions_reach_its_jits():
+  # The CIFAR ResNets add YNNPACK's elementwise fusions (their batch-norm / residual / ReLU chains
+  # are otherwise recomputed inside XLA's transposes); the other models keep the base options.
+  if compile_lib.compiler_options() is None:
+    pytest.skip("this jaxlib has no YNNPACK fusion option: XLA's defaults are used")
+  assert fajax.models.cpu_fusions("resnet20") == ("ELTWISE",)
+  assert fajax.models.cpu_fusions("mnist_net") == () == fajax.models.cpu_fusions("not_a_model")
+  base = compile_lib.compiler_options()[OPTION]
+  resnet = build_lib.build(tiny_config(model="resnet20", dataset="shapes"), dataset=ShapesOnly())
+  assert resnet.compiler_options[OPTION] == base + ",LIBRARY_FUSION_TYPE_ELTWISE"
+  mnist = build_lib.build(
+    tiny_config(model="cifar10_arch1", dataset="shapes"), dataset=ShapesOnly()
+  )
+  assert mnist.compiler_options[OPTION] == base
+  assert (
+    build_lib.build(
+      tiny_config(model="resnet20", dataset="shapes", fast_cpu=False), dataset=ShapesOnly()
+    ).compiler_options
+    is None
+  )
+  # With them, an elementwise chain (scale, shift, ReLU) runs inside a YNNPACK fusion.
+  chain = jax.jit(
+    lambda x, s: jnp.maximum(x * s + 1.0, 0.0), compiler_options=resnet.compiler_options
+  )
+  ops = ynn_fused_ops(chain.lower(jnp.ones((4, 8, 8, 16)), jnp.ones(16)).compile().as_text())
+  assert {"multiply", "add", "maximum"} <= set(ops)
+  # A fusion type this jaxlib does not know is dropped: the base options remain.
+  assert compile_lib.compiler_options(extra_fusions=("NO_SUCH_TYPE",))[OPTION] == base

@@ -713,6 +713,66 @@ def test_max_pool_2x2_nan_and_bad_shapes():
     blocks.max_pool_2x2(jnp.zeros((1, 1, 4, 1)))
 
 
+# (input shape, window, stride, padding): overlapping windows (3x3 stride 2, as in the CIFAR-10
+# net, AlexNet and the ResNet stem), SAME with odd and even sizes, explicit pads, stride 1.
+GENERAL_POOL_CASES = [
+  ((2, 9, 9, 3), 3, 2, "SAME"),
+  ((2, 12, 12, 2), 3, 2, "SAME"),
+  ((2, 9, 10, 2), 3, 2, "VALID"),
+  ((1, 8, 7, 2), 3, 1, "SAME"),
+  ((1, 8, 8, 2), 2, 2, "SAME"),
+  ((1, 11, 11, 1), 5, 3, "VALID"),
+  ((2, 8, 8, 2), 3, 2, ((1, 1), (0, 2))),
+]
+
+
+@jax.jit
+def _general_pool_and_vjp(xs, cots):
+  """(ours, nn.max_pool) values and input cotangents for each GENERAL_POOL_CASES entry."""
+  results = []
+  for (_, k, s, pad), x, cot in zip(GENERAL_POOL_CASES, xs, cots, strict=True):
+    y, vjp = jax.vjp(lambda x, k=k, s=s, pad=pad: blocks.max_pool(x, k, s, pad), x)
+    y_ref, vjp_ref = jax.vjp(lambda x, k=k, s=s, pad=pad: nn.max_pool(x, (k, k), (s, s), pad), x)
+    results.append((y, vjp(cot)[0], y_ref, vjp_ref(cot)[0]))
+  return results
+
+
+def test_max_pool_equals_nn_max_pool_with_ties_and_overlaps():
+  # Inputs of small integers (ties in most windows, with the zeros of a ReLU) and integer
+  # cotangents, so that the sums where overlapping windows share a maximum are exact in any order:
+  # value and gradient must then equal nn.max_pool's (select_and_scatter's) bit for bit, which
+  # checks that every window's cotangent goes to the same (first) maximal element.
+  rng = np.random.default_rng(3)
+  xs = [jnp.asarray(rng.integers(-1, 3, shape), jnp.float32) for shape, *_ in GENERAL_POOL_CASES]
+  cases = zip(xs, GENERAL_POOL_CASES, strict=True)
+  ys = [nn.max_pool(x, (k, k), (s, s), p) for x, (_, k, s, p) in cases]
+  cots = [jnp.asarray(rng.integers(-4, 5, y.shape), jnp.float32) for y in ys]
+  for case, (y, dx, y_ref, dx_ref) in zip(
+    GENERAL_POOL_CASES, _general_pool_and_vjp(xs, cots), strict=True
+  ):
+    assert y.shape == y_ref.shape, case
+    np.testing.assert_array_equal(y, y_ref, err_msg=str(case))
+    np.testing.assert_array_equal(dx, dx_ref, err_msg=str(case))
+  # All nine elements of a 3x3 window tied: the top-left one gets the cotangent.
+  dx = jax.grad(lambda x: blocks.max_pool(x, 3, 2, "VALID").sum())(jnp.ones((1, 3, 3, 1)))
+  np.testing.assert_array_equal(dx[0, :, :, 0], [[1, 0, 0], [0, 0, 0], [0, 0, 0]])
+
+
+def test_max_pool_nan_and_bad_arguments():
+  # A NaN makes every window that holds it NaN (here the windows of rows/columns 1-3 and 3-5).
+  x = jnp.zeros((1, 5, 5, 1)).at[0, 3, 3, 0].set(jnp.nan)
+  want = np.zeros((3, 3), bool)
+  want[1:, 1:] = True
+  np.testing.assert_array_equal(np.isnan(blocks.max_pool(x, 3, 2, "SAME")[0, :, :, 0]), want)
+  np.testing.assert_array_equal(np.isnan(nn.max_pool(x, (3, 3), (2, 2), "SAME")[0, :, :, 0]), want)
+  with pytest.raises(ValueError, match="NHWC"):
+    blocks.max_pool(jnp.zeros((5, 5, 1)), 3, 2)
+  with pytest.raises(ValueError, match="larger than the padded input"):
+    blocks.max_pool(jnp.zeros((1, 2, 2, 1)), 3, 2)
+  with pytest.raises(ValueError, match="padding"):
+    blocks.max_pool(jnp.zeros((1, 4, 4, 1)), 3, 2, "FULL")
+
+
 def test_adaptive_avg_pool_matches_pytorch_bins():
   # PyTorch bins for 5 -> 3: [0, 2), [1, 4), [3, 5); for 2 -> 3: [0, 1), [0, 2), [1, 2).
   x = jnp.arange(10, dtype=jnp.float32).reshape(1, 5, 2, 1)

@@ -38,6 +38,9 @@ class ModelSpec:
   input_shape: tuple[int, int, int]  # default (H, W, C)
   num_classes: int  # default number of classes
   reference: str  # what it is meant to reproduce (the numbers: the experiment file it names)
+  # YNNPACK fusion types that fajax's CPU options add for this model (`fajax.compile`), where
+  # measured faster: the CIFAR ResNets' elementwise chains (benchmarks/README.md).
+  cpu_fusions: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, ModelSpec] = {
@@ -76,12 +79,14 @@ _REGISTRY: dict[str, ModelSpec] = {
     (32, 32, 3),
     10,
     "BioTorch CIFAR-10 ResNet-20 (its numbers: experiments/resnet20.py)",
+    cpu_fusions=("ELTWISE",),
   ),
   "resnet56": ModelSpec(
     functools.partial(CifarResNet, num_blocks=9),
     (32, 32, 3),
     10,
     "He et al. 2016 CIFAR-10 ResNet-56 (0.85M params, BP 6.97% error)",
+    cpu_fusions=("ELTWISE",),
   ),
 }
 
@@ -100,6 +105,11 @@ def _spec(name: str) -> ModelSpec:
 def spec(name: str) -> ModelSpec:
   """The registry entry of `name` (default input shape, classes, what it reproduces)."""
   return _spec(name)
+
+
+def cpu_fusions(name) -> tuple[str, ...]:
+  """The extra YNNPACK fusion types of fajax's CPU options for model `name` (() if unregistered)."""
+  return _REGISTRY[name].cpu_fusions if name in _REGISTRY else ()
 
 
 def input_shape(name: str, image_size: int | None = None) -> tuple[int, int, int]:
@@ -156,6 +166,7 @@ def get(name: str, num_classes: int | None = None, rule: Any = None, **kw) -> nn
 
 
 __all__ = [
+  "cpu_fusions",
   "AlexNet",
   "Arch1",
   "BasicBlock",

@@ -77,7 +77,7 @@ class Arch1(nn.Module):
 
   conv5x5x64 - pool - conv5x5x64 - pool - fc384 - fc192 - fc(num_classes), ReLU, SAME convs.
   `pooling="3x3s2"` (default) is the tutorial's overlapping 3x3 stride-2 SAME max pooling;
-  `pooling="2x2"` is 2x2 stride-2 pooling (faster gradient on CPU). Both give the same shapes
+  `pooling="2x2"` is 2x2 stride-2 pooling. Both give the same shapes
   for even inputs (24 -> 12 -> 6), hence the same parameter count. The tutorial's local response
   normalisation (no parameters) is left out. Any input size works (the first dense layer takes
   its input size from the data): 24x24 CIFAR-10 crops, 32x32 or 64x64 downsampled ImageNet.

@@ -51,6 +51,7 @@ class Experiment:
   eval_step: Any
   process_batch: int  # Train rows read by this process per step.
   process_eval_batch: int
+  compiler_options: Any = None  # The XLA options of its jits (`fajax.compile.compiler_options`).
 
   def abstract_batch(self, train: bool = True) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes, dtypes and shardings of one global train (or eval) batch."""
@@ -180,7 +181,9 @@ def assemble(config, *, model=None, dataset=None, devices=None) -> Experiment:
   replicated = mesh_lib.replicated(mesh)
   batch_sharding = mesh_lib.batch_sharding(mesh)
   # Every jit below gets fajax's CPU compiler options (None off CPU or with config.fast_cpu off).
-  options = compile_lib.compiler_options(config.fast_cpu, mesh.devices.flat[0].platform)
+  options = compile_lib.compiler_options(
+    config.fast_cpu, mesh.devices.flat[0].platform, models_lib.cpu_fusions(config.model)
+  )
   common = dict(
     model=module,
     tx=tx,
@@ -218,4 +221,5 @@ def assemble(config, *, model=None, dataset=None, devices=None) -> Experiment:
     ),
     process_batch=config.batch_size // processes,
     process_eval_batch=eval_batch_size(config) // processes,
+    compiler_options=options,
   )
