@@ -412,6 +412,7 @@ def bench_model(args, model, rules):
       "label": label,
       "rule_describe": runner.exp.rule.describe(),
       "fast_cpu": runner.fast_cpu,
+      "compiler_options": runner.exp.compiler_options,  # with the model's own CPU fusions
       "step": "bare" if label == BARE else "trainer",
       "batch": batch,
       "input_shape": list(shape),
@@ -505,7 +506,8 @@ def to_markdown(result) -> str:
     + ".",
     "- Step: the trainer's (`fajax.train.build`; see benchmarks/step_time.py), SGD momentum 0.9, "
     "weight decay 5e-4 on kernels, fixed random batch on the device; `fast_cpu` default (fajax's "
-    "CPU compiler options) unless marked `(XLA default)`; `bp (bare step)`: without the "
+    "CPU compiler options, with the model's own fusion types: `fajax.models.cpu_fusions`) "
+    "unless marked `(XLA default)`; `bp (bare step)`: without the "
     "non-finite guard, kp update and metrics.",
     "- Time: median over rounds of (k consecutive steps / k), rules interleaved with bp in each "
     "round; `p25-p75` the quartiles. `ratio` = median / median of bp on the same model; "
@@ -733,6 +735,7 @@ def main(argv=None):
       "warmup": args.warmup,
       "compile_threads": args.compile_threads,
       "optimizer": "sgd(lr=0.1, momentum=0.9) + weight decay 5e-4 on kernels",
+      # The base set; a model may add fusion types (each row's compiler_options).
       "fast_cpu_options": compile_lib.compiler_options(),
     },
     "peer_versions": peer_versions,

@@ -14,7 +14,8 @@ residual / ReLU chain of up to four blocks into each transposed copy that the we
 need; with elementwise fusions in YNNPACK every activation is computed once. ResNet-20's train
 step takes 0.93x the time and ResNet-56's 0.78x on a quiet machine (0.87x and 0.64x loaded); the
 MNIST net, CIFAR-10 arch 1 and the VGG net (no residual chains) are 5-14% slower with it, hence
-per model (benchmarks/README.md).
+per model (benchmarks/README.md). The price is memory: kept activations, +60% temporary buffers
+for the ResNets' compiled step (docs/training.md).
 
 The options go to each fajax jit through `jax.jit(..., compiler_options=...)`, never into global
 flags, so a user's own jits keep XLA's defaults. An option that the user already sets in

@@ -75,6 +75,7 @@ def fast_and_default():
 def test_elementwise_fusions_agree_with_xla_defaults_to_float32_rounding(fast_and_default):
   # The options follow config.model: "resnet20" adds YNNPACK's elementwise fusions (here to the
   # tiny conv net given as model=, whose batch norm and ReLU they then run).
+  _skip_without_eltwise()
   (_, default) = fast_and_default[1]
   text, eltwise = one_step(tiny_config(model="resnet20"))
   assert {"multiply", "maximum"} <= set(ynn_fused_ops(text))
@@ -128,20 +129,27 @@ class ShapesOnly:
     raise AssertionError("not read")
 
 
+def _skip_without_eltwise():
+  """Skips where this jaxlib lacks the option or its ELTWISE type (fajax then falls back)."""
+  base = compile_lib.compiler_options()
+  wider = base and base[OPTION] + ",LIBRARY_FUSION_TYPE_ELTWISE"
+  if base is None or not compile_lib._accepted(OPTION, wider):
+    pytest.skip("this jaxlib has no YNNPACK elementwise fusion type: the base options are used")
+
+
 def test_a_models_cpu_fusions_reach_its_jits():
   # The CIFAR ResNets add YNNPACK's elementwise fusions (their batch-norm / residual / ReLU chains
   # are otherwise recomputed inside XLA's transposes); the other models keep the base options.
-  if compile_lib.compiler_options() is None:
-    pytest.skip("this jaxlib has no YNNPACK fusion option: XLA's defaults are used")
+  _skip_without_eltwise()
   assert fajax.models.cpu_fusions("resnet20") == ("ELTWISE",)
   assert fajax.models.cpu_fusions("mnist_net") == () == fajax.models.cpu_fusions("not_a_model")
   base = compile_lib.compiler_options()[OPTION]
   resnet = build_lib.build(tiny_config(model="resnet20", dataset="shapes"), dataset=ShapesOnly())
   assert resnet.compiler_options[OPTION] == base + ",LIBRARY_FUSION_TYPE_ELTWISE"
-  mnist = build_lib.build(
+  arch1 = build_lib.build(
     tiny_config(model="cifar10_arch1", dataset="shapes"), dataset=ShapesOnly()
   )
-  assert mnist.compiler_options[OPTION] == base
+  assert arch1.compiler_options[OPTION] == base
   assert (
     build_lib.build(
       tiny_config(model="resnet20", dataset="shapes", fast_cpu=False), dataset=ShapesOnly()

@@ -753,6 +753,18 @@ def test_max_pool_equals_nn_max_pool_with_ties_and_overlaps():
     assert y.shape == y_ref.shape, case
     np.testing.assert_array_equal(y, y_ref, err_msg=str(case))
     np.testing.assert_array_equal(dx, dx_ref, err_msg=str(case))
+  # One padding per spatial axis: SAME on H (8 -> (0, 1)), VALID on W.
+  x = xs[0][:1, :8]
+  want = nn.max_pool(x, (3, 3), (2, 2), ((0, 1), (0, 0)))
+  np.testing.assert_array_equal(blocks.max_pool(x, 3, 2, ("SAME", "VALID")), want)
+  # Negative amounts crop, as in lax.pad: the same as pooling the cropped input.
+  x = jnp.asarray(rng.integers(-1, 3, (1, 9, 9, 2)), jnp.float32)
+  y, vjp = jax.vjp(lambda x: blocks.max_pool(x, 3, 2, ((-1, 1), (2, -2))), x)
+  cropped = lambda x: nn.max_pool(x[:, 1:, :-2], (3, 3), (2, 2), ((0, 1), (2, 0)))
+  y_ref, vjp_ref = jax.vjp(cropped, x)
+  cot = jnp.asarray(rng.integers(-4, 5, y.shape), jnp.float32)
+  np.testing.assert_array_equal(y, y_ref)
+  np.testing.assert_array_equal(vjp(cot)[0], vjp_ref(cot)[0])
   # All nine elements of a 3x3 window tied: the top-left one gets the cotangent.
   dx = jax.grad(lambda x: blocks.max_pool(x, 3, 2, "VALID").sum())(jnp.ones((1, 3, 3, 1)))
   np.testing.assert_array_equal(dx[0, :, :, 0], [[1, 0, 0], [0, 0, 0], [0, 0, 0]])
@@ -771,6 +783,12 @@ def test_max_pool_nan_and_bad_arguments():
     blocks.max_pool(jnp.zeros((1, 2, 2, 1)), 3, 2)
   with pytest.raises(ValueError, match="padding"):
     blocks.max_pool(jnp.zeros((1, 4, 4, 1)), 3, 2, "FULL")
+  for bad in (((1, 1),), ((1, 1), (1, 1), (1, 1)), (1, 1), ((1, 1), (1.5, 0))):
+    with pytest.raises(ValueError, match="padding"):
+      blocks.max_pool(jnp.zeros((1, 4, 4, 1)), 3, 2, bad)
+  for window, stride in ((0, 2), (3, 0)):
+    with pytest.raises(ValueError, match=">= 1"):
+      blocks.max_pool(jnp.zeros((1, 4, 4, 1)), window, stride)
 
 
 def test_adaptive_avg_pool_matches_pytorch_bins():

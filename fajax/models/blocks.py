@@ -11,7 +11,8 @@ It is exact in value and in gradient, including for
   (top-left, top-right, bottom-left, bottom-right), which is the element XLA's
   `select_and_scatter` (hence `nn.max_pool`'s gradient) picks. A plain `x.reshape(...).max(...)`
   would split the cotangent evenly among tied elements instead;
-- NaN: a NaN in a window gives NaN, as `lax.max` does.
+- NaN: a NaN in a window gives NaN, as `lax.max` does (the cotangent then goes to the NaN
+  element, where `nn.max_pool`'s gradient skips it: gradients are exact on finite inputs).
 
 Every other window, stride and padding (3x3 stride 2: TF's CIFAR-10 net, AlexNet, the ResNet
 stem) goes through `max_pool`, which pools separably: the max over the window's columns (k strided
@@ -110,36 +111,59 @@ def _pool_pads(size: int, window: int, stride: int, padding) -> tuple[tuple[int,
     else:
       raise ValueError(f"max_pool padding must be 'VALID', 'SAME' or pairs; got {padding!r}.")
   else:
-    pads = tuple(padding)
+    pads = tuple(padding) if isinstance(padding, Sequence) else ()
+    if len(pads) != 2 or not all(isinstance(p, int | np.integer) for p in pads):
+      raise ValueError(f"max_pool padding pairs must be two ints (lo, hi); got {padding!r}.")
   padded = size + pads[0] + pads[1]
   if padded < window:
     raise ValueError(f"max_pool window {window} is larger than the padded input ({padded}).")
   return pads, (padded - window) // stride + 1
 
 
+def _pad_axis(x, axis: int, lo: int, hi: int):
+  """x padded with -inf along `axis` (a negative amount crops, as lax.pad does)."""
+  n = x.shape[axis]
+  x = lax.slice_in_dim(x, max(-lo, 0), n - max(-hi, 0), axis=axis)
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (max(lo, 0), max(hi, 0))
+  return jnp.pad(x, widths, constant_values=-jnp.inf)
+
+
 def max_pool(x, window: int, stride: int, padding: str | Sequence[tuple[int, int]] = "VALID"):
   """Square max pooling on NHWC inputs; `nn.max_pool`'s value, its gradient computed faster.
 
   The 2x2 stride-2 VALID case takes `max_pool_2x2`; every other case pools separably (columns,
-  then rows; see the module docstring).
+  then rows; see the module docstring). Values equal nn.max_pool's, and so do gradients on finite
+  inputs (ties included). A NaN makes its windows NaN as in nn.max_pool, but the cotangent goes to
+  the NaN element where nn.max_pool's gradient skips it.
 
   Args:
     x: NHWC input.
-    window: window side.
-    stride: stride in both spatial dimensions.
-    padding: "VALID", "SAME" or explicit ((lo, hi), (lo, hi)) padded with -inf, as nn.max_pool.
+    window: window side (>= 1).
+    stride: stride in both spatial dimensions (>= 1).
+    padding: "VALID", "SAME" or explicit ((lo, hi), (lo, hi)) padded with -inf (negative amounts
+      crop), as nn.max_pool; or one of these per spatial axis.
+
+  Raises:
+    ValueError: on a non-NHWC input, a window or stride below 1, padding that is not one of the
+      above, or a window larger than the padded input (nn.max_pool returns an empty array there).
   """
   if window == 2 and stride == 2 and padding == "VALID":
     return max_pool_2x2(x)
   if x.ndim != 4:
     raise ValueError(f"max_pool expects NHWC inputs (4 dims); got shape {x.shape}.")
-  pads, sizes = [], []
+  if window < 1 or stride < 1:
+    raise ValueError(f"max_pool window and stride must be >= 1; got {window} and {stride}.")
   per_axis = (padding, padding) if isinstance(padding, str) else tuple(padding)
+  if len(per_axis) != 2:
+    raise ValueError(
+      f"max_pool padding must be 'VALID', 'SAME' or two (lo, hi) pairs (H, W); got {padding!r}."
+    )
+  sizes = []
   for axis, pad in zip((1, 2), per_axis, strict=True):
-    p, n = _pool_pads(x.shape[axis], window, stride, pad)
-    pads.append(p)
+    (lo, hi), n = _pool_pads(x.shape[axis], window, stride, pad)
+    x = _pad_axis(x, axis, lo, hi)
     sizes.append(n)
-  x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
 
   def pool_along(x, axis, out):
     last = stride * (out - 1) + 1

@@ -222,11 +222,16 @@ def _check_rule(c) -> None:
     from fajax.train import mirror  # Lazy: it imports the layers.
 
     if not mirror.has_mirror_phase(rule):
+      with_data = mirror.needs_data(rule)
+      why = (
+        f"{', '.join(map(repr, with_data))} learns B from data"
+        if with_data
+        else f"rule {c.rule!r} learns no B"
+      )
       _fail(
         "feedback_mirror_steps",
         c.feedback_mirror_steps,
-        f"rule {c.rule!r} learns no B or learns it from data, so it has no mirror phase; use 0 "
-        "(or the rule wm or sa)",
+        f"{why} (overrides included), so it has no mirror phase; use 0 (or the rule wm or sa)",
       )
 
 

@@ -37,11 +37,19 @@ def has_mirror_phase(rule) -> bool:
 
 def data_free(rule) -> bool:
   """Whether every learned-feedback rule `rule` may resolve to needs no data (noise or W only)."""
+  return not needs_data(rule)
+
+
+def needs_data(rule) -> list[str]:
+  """The names of the learned-feedback rules in `rule` (overrides included) that need data."""
   rule = rules_lib.get(rule)
+  found = []
   if isinstance(rule, rules_lib.LearnedFeedback):
     if rule.noise_std is None and learned.needs_input(rule.objective()):
-      return False
-  return all(data_free(r) for _, r in rule.overrides)
+      found.append(rule.name)
+  for _, r in rule.overrides:
+    found += [n for n in needs_data(r) if n not in found]
+  return found
 
 
 def mirror_feedback(module, variables, batch_shape, steps: int, learning_rate: float, rng):
