@@ -32,12 +32,7 @@ MIRROR_KEY = 0x6D6972
 
 def has_mirror_phase(rule) -> bool:
   """Whether `rule` trains some B (a learned-feedback rule) and every such B without data."""
-  return step_lib.uses_learned_feedback(rule) and data_free(rule)
-
-
-def data_free(rule) -> bool:
-  """Whether every learned-feedback rule `rule` may resolve to needs no data (noise or W only)."""
-  return not needs_data(rule)
+  return step_lib.uses_learned_feedback(rule) and not needs_data(rule)
 
 
 def needs_data(rule) -> list[str]:
