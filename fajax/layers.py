@@ -107,9 +107,10 @@ def capture_feedback():
 def capture_feedback_grads():
   """Within this context every layer under a learned-feedback rule sows dObjective/dB.
 
-  The gradient (`rule.feedback_gradient`, from the layer's input of this call) goes to the
-  collection `feedback_grads` at the layer's path, under the name of its feedback variable
-  (`kernel`), summed over calls of a shared layer. Apply with `mutable=["feedback_grads"]`; the
+  The gradient (`rule.feedback_gradient`, from the layer's input of this call: a
+  `fajax.learned.FeedbackGrad`, whose `value(B)` is the array; `fajax.learned.gradient_values`
+  converts the collection) goes to the collection `feedback_grads` at the layer's path, under the
+  name of its feedback variable (`kernel`), summed over calls of a shared layer. Apply with `mutable=["feedback_grads"]`; the
   train step does, and feeds the result to B's optimizer (`fajax.learned.update_feedback`).
   """
   return trace_flags(capture_feedback_grads=True)
@@ -143,7 +144,11 @@ def _sow_feedback_grad(module, rule, lhs, rhs, fb, apply, features):
   """Sows the learned rule's dObjective/dB at the layer's path."""
   grad = rule.feedback_gradient(module, lhs, rhs, fb, apply, features)
   module.sow(
-    learned.FEEDBACK_GRADS, "kernel", grad, reduce_fn=lambda a, b: a + b, init_fn=lambda: 0
+    learned.FEEDBACK_GRADS,
+    "kernel",
+    grad,
+    reduce_fn=lambda a, b: b if a is None else a + b,
+    init_fn=lambda: None,
   )
 
 

@@ -352,7 +352,7 @@ class LearnedFeedback(FA):
     raise NotImplementedError
 
   def feedback_gradient(self, module, x, kernel, feedback, apply, features):
-    """dObjective/dB on this step's input x (or noise): a kernel-shaped array."""
+    """dObjective/dB on this step's input x (or noise), as a `fajax.learned.FeedbackGrad`."""
     objective = self.objective()
     if learned.needs_input(objective):
       x = learned.subsample(x, self.sample_every)
@@ -360,7 +360,7 @@ class LearnedFeedback(FA):
         # XLA's RngBitGenerator: the same N(0, 1) draw at a fraction of JAX's Threefry cost.
         key = prng.xla_threefry(step_rng(module, self.name))
         x = self.noise_std * jax.random.normal(key, x.shape, jnp.float32)
-    return learned.feedback_gradient(objective, x, kernel, feedback, apply, features)
+    return learned.feedback_gradient_parts(objective, x, kernel, feedback, apply, features)
 
 
 @register

@@ -159,7 +159,7 @@ def sown_gradients(model, variables, x, step=0):
       rngs={"feedback": jax.random.fold_in(jax.random.key(3), step)},
       mutable=[learned.FEEDBACK_GRADS],
     )
-  return mutated[learned.FEEDBACK_GRADS]
+  return learned.gradient_values(mutated[learned.FEEDBACK_GRADS], variables["feedback"])
 
 
 def _with_rule(cls, rule):
