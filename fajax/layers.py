@@ -110,8 +110,9 @@ def capture_feedback_grads():
   The gradient (`rule.feedback_gradient`, from the layer's input of this call: a
   `fajax.learned.FeedbackGrad`, whose `value(B)` is the array; `fajax.learned.gradient_values`
   converts the collection) goes to the collection `feedback_grads` at the layer's path, under the
-  name of its feedback variable (`kernel`), summed over calls of a shared layer. Apply with `mutable=["feedback_grads"]`; the
-  train step does, and feeds the result to B's optimizer (`fajax.learned.update_feedback`).
+  name of its feedback variable (`kernel`), summed over calls of a shared layer. Apply with
+  `mutable=["feedback_grads"]`; the train step does, and feeds the result to B's optimizer
+  (`fajax.learned.update_feedback`).
   """
   return trace_flags(capture_feedback_grads=True)
 
