@@ -206,6 +206,31 @@ def test_layers_sow_the_objective_gradient_from_their_input_and_convert_does_too
   assert not mutated
 
 
+class Shared(nn.Module):
+  """One sa layer applied twice: its sown gradient is the sum over both calls."""
+
+  @nn.compact
+  def __call__(self, x):
+    layer = fajax.Dense(3, use_bias=False, rule=rules.get("sa", alpha=2.0, beta=1.0))
+    return layer(nn.relu(layer(x)))
+
+
+def test_a_shared_layer_sums_its_calls_and_decay_is_kept_apart():
+  """sa's dObjective/dB = alpha B - beta W per call: 2 (2B - W) for a layer called twice, sown as
+  part = -2 W (what does not read B) and decay = 4 (added where B's optimizer reads B)."""
+  x = jax.random.normal(jax.random.key(0), (4, 3))
+  variables = Shared().init(jax.random.key(1), x)
+  with layers.capture_feedback_grads():
+    _, mutated = Shared().apply(variables, x, mutable=[learned.FEEDBACK_GRADS])
+  sown = mutated[learned.FEEDBACK_GRADS]["Dense_0"]["kernel"]
+  w = np.asarray(variables["params"]["Dense_0"]["kernel"])
+  b = np.asarray(variables["feedback"]["Dense_0"]["kernel"])
+  assert isinstance(sown, learned.FeedbackGrad) and sown.decay == 4.0
+  np.testing.assert_allclose(sown.part, -2.0 * w, rtol=1e-6)
+  got = learned.gradient_values(mutated[learned.FEEDBACK_GRADS], variables["feedback"])
+  np.testing.assert_allclose(got["Dense_0"]["kernel"], 4.0 * b - 2.0 * w, rtol=1e-6, atol=1e-7)
+
+
 def test_registry_options_and_user_objectives():
   assert {"wm", "sa", "aa", "ia", "learned"} <= set(rules.names())
   assert rules.get("sa").objective() == (("decay", 1.0), ("self", 1.0))
