@@ -249,7 +249,8 @@ FOOTNOTE = (
   "Top-1 test error, %. Ours: one run per seed, mean ± sample std where n > 1 (n: seeds). "
   "Reference: the paper's number (Moskovitz, Litwin-Kumar & Abbott 2018, full datasets); "
   "marked (BioTorch) where the paper has no such row and the number is BioTorch's "
-  "(Sanfiz & Akrout 2021); - where neither reports one."
+  "(Sanfiz & Akrout 2021), and with its source's name where it is another paper's; "
+  "- where none reports one."
 )
 
 
@@ -262,13 +263,19 @@ def experiment_modules() -> list:
 def report_table(*modules) -> report.Table:
   """What the report shows beside our errors: the rows' labels in table order, and each column's
   expected numbers, from the REFERENCE of the experiment modules of this folder and of `modules`
-  (a config loaded from elsewhere, whose column then takes its numbers from it)."""
+  (a config loaded from elsewhere, whose column then takes its numbers from it).
+
+  A number's source is the module's REFERENCE_SOURCE (default: the paper), or, for a row named in
+  its REFERENCE_SOURCES ({row: source}), that row's own: one column can then hold BioTorch's
+  numbers for the fixed-feedback rows and, say, Akrout et al.'s for bp_wm. Numbers that are not
+  the paper's are marked with their source's name."""
   references = {}
   for module in [*experiment_modules(), *modules]:
-    source = getattr(module, "REFERENCE_SOURCE", PAPER)
-    references[module.COLUMN] = {
-      row: f"{value}" if source == PAPER else f"{value} ({source})"
-      for row, value in getattr(module, "REFERENCE", {}).items()
-    }
+    default = getattr(module, "REFERENCE_SOURCE", PAPER)
+    sources = getattr(module, "REFERENCE_SOURCES", {})
+    references[module.COLUMN] = {}
+    for row, value in getattr(module, "REFERENCE", {}).items():
+      source = sources.get(row, default)
+      references[module.COLUMN][row] = f"{value}" if source == PAPER else f"{value} ({source})"
   labels = {row: label for row, (label, _) in ROWS.items()}
   return report.Table(labels=labels, references=references, footnote=FOOTNOTE)

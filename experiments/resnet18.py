@@ -8,7 +8,9 @@
 Needs tfds imagenet2012. Expected top-1 error: `REFERENCE` below (BioTorch's). The
 learned-feedback rows (bp_wm, bp_sa, bp_aa, bp_ia) are those of Akrout et al. 2019 and Kunin et
 al. 2020, who report ResNet-18/50 ImageNet errors close to BP's for WM, SA and IA
-(docs/learned_feedback.md).
+(docs/learned_feedback.md). Their numbers are not here: no source that could be read offline
+holds those papers' results tables (issue 16). They go in REFERENCE, with the paper's name in
+REFERENCE_SOURCES (e.g. {"bp_wm": "Akrout et al. 2019"}), and the report marks them so.
 """
 
 from experiments import common
@@ -19,6 +21,7 @@ COLUMN = "resnet18"
 # uses the std scale (row usf_std).
 REFERENCE_SOURCE = common.BIOTORCH
 REFERENCE = dict(bp=30.4, usf_std=35.0, frsf=36.5, brsf=37.2, dfa=82.5, fa=85.3)
+REFERENCE_SOURCES = {}  # row -> source, for numbers that are not BioTorch's (report_table).
 
 SETTINGS = {
   **common.IMAGENET_RECIPE,

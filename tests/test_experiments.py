@@ -4,6 +4,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,17 @@ def test_every_paper_column_has_a_config_with_its_numbers():
   # What the report shows: the paper's plain, BioTorch's marked.
   references = common.report_table().references
   assert references["mnist"]["fa"] == "1.1" and references["resnet20"]["bp"] == "8.6 (BioTorch)"
+  # A row may name its own source (REFERENCE_SOURCES), e.g. a learned-feedback paper's number.
+  mine = types.SimpleNamespace(
+    COLUMN="mine",
+    REFERENCE={"bp": 30.0, "bp_wm": 31.0},
+    REFERENCE_SOURCE=common.BIOTORCH,
+    REFERENCE_SOURCES={"bp_wm": "Akrout et al. 2019"},
+  )
+  assert common.report_table(mine).references["mine"] == {
+    "bp": "30.0 (BioTorch)",
+    "bp_wm": "31.0 (Akrout et al. 2019)",
+  }
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
