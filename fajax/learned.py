@@ -26,9 +26,10 @@ A new objective is a tuple of (primitive, coefficient) pairs:
     fajax.learned.register_primitive("mine", lambda layer: ...)  # a primitive of your own
 
 How B is trained (docs/learned_feedback.md): inside `fajax.layers.capture_feedback_grads()`, every
-layer under a learned rule sows dObjective/dB (`feedback_gradient`, a pure function of x, W, B) into
+layer under a learned rule sows dObjective/dB (`feedback_gradient_parts`, a pure function of x, W,
+B, as a `FeedbackGrad`: the decay term apart, so that it is added where B's optimizer reads B) into
 the collection `feedback_grads`; the train step applies B's own optax optimizer to those gradients
-(`update_feedback`), next to W's update, inside the same jitted step.
+(`update_feedback`, which converts them), next to W's update, inside the same jitted step.
 """
 
 from __future__ import annotations
