@@ -165,6 +165,16 @@ class Rule:
         return rule.resolve(path)
     return self
 
+  def every_rule(self) -> tuple[Rule, ...]:
+    """This rule and every rule of its overrides, recursively, each once (in order of appearance).
+
+    What some layer of a model may resolve to: the trainer asks it whether any layer uses kp or
+    learns its B."""
+    found = [self]
+    for _, rule in self.overrides:
+      found += [r for r in rule.every_rule() if r not in found]
+    return tuple(found)
+
   def feedback(self, module, kernel) -> Any:
     """B for this layer (kernel-shaped array), None for B = W, or "zero" for no feedback."""
     raise NotImplementedError

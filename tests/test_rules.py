@@ -319,6 +319,20 @@ def test_per_layer_override_and_missing_feedback_error():
     model.apply({"params": variables["params"]}, x)
 
 
+def test_every_rule_lists_what_a_layer_may_resolve_to():
+  from fajax.train import mirror, step
+
+  inner = rules.get("sa", overrides={"*/head": "kp"})
+  rule = rules.get("fa", overrides={"Dense_1": "kp", "block/*": inner})
+  assert rule.every_rule() == (rule, rules.get("kp"), inner)  # kp once, in order of appearance
+  assert rules.get("usf").every_rule() == (rules.get("usf"),)
+  assert step.uses_kp(rule) and step.uses_learned_feedback(rule)
+  assert not step.uses_kp("fa") and not step.uses_learned_feedback(rules.get("fa", overrides={}))
+  assert mirror.needs_data(rule) == [] and mirror.has_mirror_phase(rule)
+  both = rules.get("aa", overrides={"x": "ia", "y": rules.get("aa", alpha=2.0), "z": "wm"})
+  assert mirror.needs_data(both) == ["aa", "ia"] and not mirror.has_mirror_phase(both)
+
+
 def test_convert_runs_plain_flax_model_under_rule():
   class Plain(nn.Module):
     @nn.compact

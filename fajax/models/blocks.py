@@ -100,16 +100,11 @@ def max_pool_2x2(x):
 
 
 def _pool_pads(size: int, window: int, stride: int, padding) -> tuple[tuple[int, int], int]:
-  """((lo, hi) padding, output size) along one axis, with `lax.padtype_to_pads`'s SAME rule."""
+  """((lo, hi) padding, output size) along one axis; SAME and VALID as `lax.padtype_to_pads`."""
   if isinstance(padding, str):
-    if padding.upper() == "VALID":
-      pads = (0, 0)
-    elif padding.upper() == "SAME":
-      out = -(-size // stride)
-      total = max((out - 1) * stride + window - size, 0)
-      pads = (total // 2, total - total // 2)
-    else:
+    if padding.upper() not in ("VALID", "SAME"):
       raise ValueError(f"max_pool padding must be 'VALID', 'SAME' or pairs; got {padding!r}.")
+    (pads,) = lax.padtype_to_pads((size,), (window,), (stride,), padding.upper())
   else:
     pads = tuple(padding) if isinstance(padding, Sequence) else ()
     if len(pads) != 2 or not all(isinstance(p, int | np.integer) for p in pads):

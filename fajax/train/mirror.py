@@ -37,13 +37,11 @@ def has_mirror_phase(rule) -> bool:
 
 def needs_data(rule) -> list[str]:
   """The names of the learned-feedback rules in `rule` (overrides included) that need data."""
-  rule = rules_lib.get(rule)
   found = []
-  if isinstance(rule, rules_lib.LearnedFeedback):
-    if rule.noise_std is None and learned.needs_input(rule.objective()):
-      found.append(rule.name)
-  for _, r in rule.overrides:
-    found += [n for n in needs_data(r) if n not in found]
+  for r in rules_lib.get(rule).every_rule():
+    data = isinstance(r, rules_lib.LearnedFeedback) and r.noise_std is None
+    if data and learned.needs_input(r.objective()) and r.name not in found:
+      found.append(r.name)
   return found
 
 

@@ -50,18 +50,12 @@ def forward(model, state, params, images, rngs, *, train, extra_variables=None, 
 
 def uses_kp(rule) -> bool:
   """True when some layer may resolve to Kolen-Pollack (its feedback then follows W's updates)."""
-  rule = rules_lib.get(rule)
-  if isinstance(rule, rules_lib.KP):
-    return True
-  return any(uses_kp(r) for _, r in rule.overrides)
+  return any(isinstance(r, rules_lib.KP) for r in rules_lib.get(rule).every_rule())
 
 
 def uses_learned_feedback(rule) -> bool:
   """True when some layer may resolve to a learned-feedback rule (wm, sa, aa, ia, learned)."""
-  rule = rules_lib.get(rule)
-  if isinstance(rule, rules_lib.LearnedFeedback):
-    return True
-  return any(uses_learned_feedback(r) for _, r in rule.overrides)
+  return any(isinstance(r, rules_lib.LearnedFeedback) for r in rules_lib.get(rule).every_rule())
 
 
 # The TrainState fields a step updates (all of them, or none on a dropped step).
@@ -143,8 +137,10 @@ def train_step(
     return {k: getattr(state, k) for k in UPDATED_FIELDS}
 
   # The update is computed inside the cond, not selected afterwards with jnp.where: a select
-  # needs the old and the new optimizer state at once, so XLA copies every donated buffer first
-  # (measured on the MNIST net, 2-core Xeon: +24-36% on the step; inside the cond: +1%).
+  # needs the old and the new optimizer state at once, so XLA copies every donated buffer first.
+  # MNIST net at batch 64, 2-core Xeon, against the same step with no guard: the select +15-36%,
+  # the cond +1-18% from run to run (the update then cannot overlap the backward pass); at batch
+  # 128 the cond costs nothing measurable (benchmarks/README.md).
   new = jax.lax.cond(keep, update, no_update, (grads, mutated, state))
   advance = keep if on_nan == "stop" else jnp.bool_(True)
   new_state = state.replace(
